@@ -12,10 +12,10 @@ ever appended.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class RunErrorCode(str, Enum):
+class RunErrorCode(StrEnum):
     """Why a case did not produce a released ``output.json``."""
 
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"

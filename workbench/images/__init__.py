@@ -1,0 +1,1 @@
+"""Builds the project's images offline: the Debian base, then the algorithms FROM it."""

@@ -1,0 +1,1 @@
+"""The spoke: DICOM catalog, participant cases, the sandboxed container runner."""
