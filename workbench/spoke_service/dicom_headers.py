@@ -30,6 +30,7 @@ _TAGS = [
 ]  # fmt: skip
 _REQUIRED = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _CHUNK = 64
+_PIXEL_ELEMENT_HEADER = 8  # tag and length; explicit VR OW adds 4 more, so this is lenient
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,16 @@ def read_header(path: str | os.PathLike[str]) -> Outcome:
     """Read one file's header; a file that is not a usable DICOM image becomes ``Unreadable``."""
     path = os.fspath(path)
     try:
-        size = os.stat(path).st_size
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_TAGS)
+            pixels_at = f.tell()  # reading stops at the start of the pixel data element
     except InvalidDicomError as e:
         return Unreadable(path, "not_dicom", _short(e))
     except Exception as e:  # any parser failure on a bad file is data, not a crash
         return Unreadable(path, "corrupt", f"{type(e).__name__}: {_short(e)}")
     try:
-        return _header(path, size, ds)
+        return _header(path, size, pixels_at, ds)
     except _Reject as e:
         return Unreadable(path, e.kind, e.detail)
     except Exception as e:  # malformed values (bad DS/IS strings, wrong VM)
@@ -114,14 +117,14 @@ class _Reject(Exception):
         self.detail = detail
 
 
-def _header(path: str, size: int, ds: Any) -> InstanceHeader:
+def _header(path: str, size: int, pixels_at: int, ds: Any) -> InstanceHeader:
     missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "")]
     if missing:
         raise _Reject("corrupt", f"missing {', '.join(missing)}")
     rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
     if rows is None or columns is None:
         raise _Reject("not_image", "no Rows/Columns: not an image instance")
-    _check_complete(ds, size, rows, columns)
+    _check_complete(ds, size - pixels_at, rows, columns)
     spacing = ds.get("PixelSpacing")
     position = ds.get("ImagePositionPatient")
     return InstanceHeader(
@@ -153,18 +156,18 @@ def _header(path: str, size: int, ds: Any) -> InstanceHeader:
     )
 
 
-def _check_complete(ds: Any, size: int, rows: int, columns: int) -> None:
-    # Headers alone cannot show a file cut short inside its pixel data; its size can, for
-    # uncompressed transfer syntaxes, since the pixels must all be there.
+def _check_complete(ds: Any, remaining: int, rows: int, columns: int) -> None:
+    # Headers alone cannot show a file cut short inside its pixel data; the bytes left after
+    # them can, for uncompressed transfer syntaxes, since every pixel must be there.
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is None or syntax.is_compressed:
         return
     bits = _int(ds, "BitsAllocated") or 16
     samples = _int(ds, "SamplesPerPixel") or 1
     frames = _int(ds, "NumberOfFrames") or 1
-    needed = rows * columns * samples * frames * bits // 8
-    if size < needed:
-        raise _Reject("truncated", f"{size} bytes on disk, pixel data alone needs {needed}")
+    needed = rows * columns * samples * frames * bits // 8 + _PIXEL_ELEMENT_HEADER
+    if remaining < needed:
+        raise _Reject("truncated", f"{remaining} bytes of pixel data on disk, {needed} needed")
 
 
 def _str(ds: Any, keyword: str) -> str:
