@@ -13,6 +13,7 @@ import secrets
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 from workbench import __version__
 from workbench.errors import WorkbenchError
@@ -150,10 +151,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _group(sub: argparse._SubParsersAction, name: str, text: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+_Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _group(sub: _Sub, name: str, text: str) -> _Sub:
     parser = sub.add_parser(name, help=text, description=text)
-    parser.set_defaults(handler=lambda ns: (parser.print_help(), 2)[1])
-    return parser.add_subparsers(metavar="COMMAND")
+
+    def show_help(ns: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(handler=show_help)
+    group: _Sub = parser.add_subparsers(metavar="COMMAND")
+    return group
 
 
 def _positive_int(text: str) -> int:

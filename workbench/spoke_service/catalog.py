@@ -156,12 +156,12 @@ class Catalog:
 
     def counts(self) -> CatalogCounts:
         """Totals of participants, studies, series, instances, bytes and problem files."""
-        row = self._db.execute(
+        participants, studies, series, instances, size = self._db.execute(
             "SELECT count(DISTINCT patient_id), count(DISTINCT study_uid),"
             " count(DISTINCT series_uid), count(*), coalesce(sum(file_size), 0) FROM instances"
         ).fetchone()
         problems = self._db.execute("SELECT count(*) FROM problems").fetchone()[0]
-        return CatalogCounts(*row, problems=problems)
+        return CatalogCounts(participants, studies, series, instances, size, problems)
 
     def problems(self) -> list[tuple[str, str, str]]:
         """Every problem file as ``(path, kind, detail)``."""
