@@ -26,7 +26,7 @@ from typing import Any
 
 from workbench.core.headers import InstanceHeader
 from workbench.errors import CatalogError
-from workbench.spoke_service.dicom_headers import Unreadable, find_files, scan_headers
+from workbench.spoke_service.dicom_headers import Unreadable, scan_headers, stat_files
 
 _FIELDS = InstanceHeader.field_names()
 _SCHEMA = f"""
@@ -123,29 +123,33 @@ class Catalog:
         if not root.is_dir():
             raise CatalogError(f"not a folder: {root}")
         prefix = os.path.join(os.path.abspath(root), "")
-        on_disk = {p: os.stat(p) for p in find_files(os.path.abspath(root))}
+        on_disk = stat_files(os.path.abspath(root))
         known = self._known_under(prefix)
         todo = [p for p, st in on_disk.items() if known.get(p) != (st.st_size, st.st_mtime_ns)]
         gone = [p for p in known if p not in on_disk]
         kinds: Counter[str] = Counter()
-        indexed = 0
+        rows: list[tuple[Any, ...]] = []
+        problems: list[tuple[Any, ...]] = []
         try:
             with self._db:
                 self._delete(gone + todo)
                 for outcome in scan_headers(todo, workers=workers, progress=progress):
-                    mtime = on_disk[outcome.path].st_mtime_ns
+                    st = on_disk[outcome.path]
                     if isinstance(outcome, Unreadable):
                         kinds[outcome.kind] += 1
-                        self._db.execute(
-                            "INSERT INTO problems VALUES (?, ?, ?, ?, ?)",
-                            (outcome.path, outcome.kind, outcome.detail,
-                             on_disk[outcome.path].st_size, mtime),
-                        )  # fmt: skip
+                        problems.append(
+                            (outcome.path, outcome.kind, outcome.detail, st.st_size, st.st_mtime_ns)
+                        )
                     else:
-                        indexed += 1
-                        self._db.execute(_INSERT, (*_row(outcome), mtime))
+                        rows.append((*_row(outcome), st.st_mtime_ns))
+                    if len(rows) >= _BATCH:
+                        self._db.executemany(_INSERT, rows)
+                        rows.clear()
+                self._db.executemany(_INSERT, rows)
+                self._db.executemany("INSERT INTO problems VALUES (?, ?, ?, ?, ?)", problems)
         except sqlite3.Error as e:
             raise CatalogError(f"cannot write the catalog: {e}") from e
+        indexed = len(todo) - sum(kinds.values())
         return IndexReport(
             files_seen=len(on_disk),
             indexed=indexed,
@@ -194,6 +198,7 @@ class Catalog:
             self._db.executemany(f"DELETE FROM {table} WHERE path = ?", [(p,) for p in paths])
 
 
+_BATCH = 500
 _INSERT = f"INSERT INTO instances VALUES ({', '.join('?' * (len(_FIELDS) + 1))})"
 
 
