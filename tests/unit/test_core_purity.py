@@ -12,7 +12,8 @@ FORBIDDEN = ["docker", "stomp", "IPython", "ipywidgets", "papermill", "requests"
 def test_core_modules_load_no_io_libraries() -> None:
     code = (
         "import json, pkgutil, importlib, sys, workbench.core as c\n"
-        "for m in pkgutil.iter_modules(c.__path__): importlib.import_module(f'workbench.core.{m.name}')\n"
+        "for m in pkgutil.iter_modules(c.__path__):\n"
+        "    importlib.import_module(f'workbench.core.{m.name}')\n"
         "print(json.dumps(sorted(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

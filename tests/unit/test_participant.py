@@ -14,8 +14,9 @@ from workbench.errors import CaseError
 P = Pseudonymizer(b"k" * 32)
 
 BASE = InstanceHeader(
-    path="/data/Moreau_Claire/20190402/IM1.dcm", file_size=1000, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-    sop_uid="1.2.3.4.1", patient_id="MRN-4711-0042", patient_name="Moreau^Claire",
+    path="/data/Moreau_Claire/20190402/IM1.dcm", file_size=1000,
+    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_uid="1.2.3.4.1", patient_id="MRN-4711-0042",
+    patient_name="Moreau^Claire",
     birth_date="19560314", study_uid="1.2.3.10", study_date="20190402", accession="ACC-998877",
     institution="Hopital Saint-Exemple", series_uid="1.2.3.20", series_number=2,
     instance_number=1, modality="CT", manufacturer="SIEMENS", manufacturer_model="SOMATOM",

@@ -60,6 +60,7 @@ def test_parse_size_refuses_nonsense(text: str) -> None:
 
 
 def test_limits_refuse_nonsense() -> None:
-    for bad in [{"timeout_s": 0}, {"memory_bytes": 1000}, {"cpus": 0}, {"pids": 1}]:
+    for bad in [{"timeout_s": 0}, {"memory_bytes": 1000}, {"cpus": 0}, {"pids": 1},
+                {"tmp_bytes": 0}, {"tmp_bytes": -5}, {"output_bytes": 0}]:  # fmt: skip
         with pytest.raises(ValueError):
             Limits(**bad)  # type: ignore[arg-type]

@@ -58,6 +58,11 @@ class Limits:
             raise ValueError("the CPU limit must be positive")
         if self.pids < 4:
             raise ValueError("the process limit must be at least 4")
+        # tmpfs reads size=0 as "unlimited": a zero here must never reach a mount option.
+        if self.tmp_bytes < 1024**2:
+            raise ValueError("the /tmp size must be at least 1 MiB")
+        if self.output_bytes < 1024:
+            raise ValueError("the output limit must be at least 1 KiB")
 
 
 @dataclass(frozen=True)

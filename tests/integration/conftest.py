@@ -1,0 +1,284 @@
+"""Integration fixtures: the two test algorithm images and small synthetic CT cases.
+
+``sandbox_images`` builds ``tests/images/misbehave`` (one image, many misbehaviours chosen by
+``args.mode``) and ``tests/images/contract_only`` (written from DESIGN.md section 4 alone),
+plus ``misbehave-root``: the misbehave image with its default user set back to root, built
+from a two-line in-memory Dockerfile. Probing and tampering from that variant shows that the
+*sandbox* imposes the non-root user, not the image's own ``USER`` line.
+
+``write_ct_case`` writes one participant's chest CT series: 8 slices of 32x32 pixels at
+10 mm, with a body, two lungs (partly below -950 HU) and a small solid nodule inside the
+right lung, so the reference algorithms find everything they look for, and with realistic
+identifying headers (name, ID, dates, institution, accession number, UIDs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+TESTS = Path(__file__).resolve().parents[1]
+IMAGES = TESTS / "images"
+MISBEHAVE = "elic-test/misbehave:1"
+MISBEHAVE_ROOT = "elic-test/misbehave-root:1"
+CONTRACT_ONLY = "elic-test/contract-only:1"
+
+# What the misbehave image declares as its output schema (an image label, as at a spoke).
+MISBEHAVE_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["mode"],
+    "properties": {
+        "mode": {"type": "string"},
+        "dicom_files": {"type": "integer", "minimum": 0},
+    },
+}
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SLICES = 8
+SIZE = 32
+SPACING_MM = 10.0
+# Header elements that identify the patient or the encounter; none may reach participant.json.
+IDENTIFYING_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "StudyDate",
+    "SeriesDate", "AcquisitionDate", "ContentDate", "StudyTime", "InstitutionName",
+    "InstitutionAddress", "ReferringPhysicianName", "AccessionNumber", "StudyID",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AlgoImages:
+    """References of the test algorithm images."""
+
+    misbehave: str
+    misbehave_root: str
+    contract_only: str
+
+
+def need(request: pytest.FixtureRequest, reason: str) -> None:
+    """``need()`` of ``tests/conftest.py``: skip locally, fail in CI.
+
+    Conftest files outside a package are not importable by name, so it is taken from the
+    plugin manager, which registered that very module.
+    """
+    parent = request.config.pluginmanager.get_plugin(str(TESTS / "conftest.py"))
+    parent.need(reason)
+
+
+@pytest.fixture(scope="session")
+def sandbox_images(request: pytest.FixtureRequest, docker_engine: Any) -> AlgoImages:
+    """Build the test algorithm images once per session (Docker's cache makes it quick)."""
+    from docker.errors import BuildError
+
+    from workbench.images.base import find_base
+
+    client = docker_engine.client
+    if find_base(client) is None:
+        need(
+            request,
+            "the base image is missing: run `workbench images build-base` (scripts/setup does)",
+        )
+    schema = json.dumps(MISBEHAVE_SCHEMA, separators=(",", ":"))
+    common = {"pull": False, "rm": True, "forcerm": True, "network_mode": "none"}
+    try:
+        client.images.build(
+            path=str(IMAGES / "misbehave"),
+            tag=MISBEHAVE,
+            labels={"org.elic.output-schema": schema},
+            **common,
+        )
+        client.images.build(
+            fileobj=io.BytesIO(f"FROM {MISBEHAVE}\nUSER 0:0\n".encode()),
+            tag=MISBEHAVE_ROOT,
+            **common,
+        )
+        client.images.build(path=str(IMAGES / "contract_only"), tag=CONTRACT_ONLY, **common)
+    except BuildError as e:
+        pytest.fail(f"cannot build a test image: {e.msg}")
+    return AlgoImages(MISBEHAVE, MISBEHAVE_ROOT, CONTRACT_ONLY)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The identifying header values of one synthetic participant."""
+
+    patient_name: str = "Moreau^Claire^Anne"
+    patient_id: str = "SYN-48213-7"
+    birth_date: str = "19580412"
+    study_date: str = "20230314"
+    study_time: str = "101512"
+    institution: str = "Clinique Saint-Aubin Lyon"
+    institution_address: str = "12 Rue des Tanneurs"
+    referring_physician: str = "Lefebvre^Julien"
+    accession: str = "ACC7734201"
+    study_id: str = "ST90421"
+
+
+@dataclass(frozen=True)
+class CtCase:
+    """A case folder as written, and its expected contents."""
+
+    folder: Path
+    files: tuple[Path, ...]
+    hu: np.ndarray  # the volume the files encode, [slice, row, column], in HU
+
+    def snapshot(self) -> dict[str, tuple[str, int, int]]:
+        """Every file below the folder: sha256, mode and mtime (ns), to compare before/after."""
+        found = {}
+        for path in sorted(self.folder.rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                found[str(path.relative_to(self.folder))] = (digest, st.st_mode, st.st_mtime_ns)
+        return found
+
+    def identifying_values(self) -> set[str]:
+        """Every identifying header value of every file (read back), and each word of names."""
+        values: set[str] = set()
+        for path in self.files:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            for keyword in IDENTIFYING_KEYWORDS:
+                if keyword not in ds or str(ds[keyword].value).strip() == "":
+                    continue
+                element = ds[keyword]
+                text = str(element.value).strip()
+                values.add(text)
+                if element.VR == "DA":
+                    values.add(f"{text[:4]}-{text[4:6]}-{text[6:]}")  # the ISO spelling too
+                if element.VR == "PN" or keyword.startswith("Institution"):
+                    words = text.replace("^", " ").replace("-", " ").split()
+                    values |= {word for word in words if len(word) >= 4}
+        return values
+
+
+def phantom(slices: int = SLICES, size: int = SIZE) -> np.ndarray:
+    """A tiny chest in HU: air, a body, two lungs with a low-attenuation patch, a nodule."""
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+    centre = (size - 1) / 2.0
+    body = ((rows - centre) / (size * 0.40)) ** 2 + ((cols - centre) / (size * 0.44)) ** 2 <= 1
+    left = ((rows - centre) / (size * 0.22)) ** 2 + ((cols - size * 0.29) / (size * 0.13)) ** 2 <= 1
+    right = ((rows - centre) / (size * 0.22)) ** 2 + (
+        (cols - size * 0.71) / (size * 0.13)
+    ) ** 2 <= 1
+    plane = np.full((size, size), -1000.0)
+    plane[body] = 40.0
+    plane[left | right] = -860.0
+    plane[left & (rows < centre)] = -980.0  # emphysema-like patch: LAV950 is above zero
+    volume = np.repeat(plane[np.newaxis], slices, axis=0)
+    r, c = int(centre), int(size * 0.71)
+    volume[slices // 2 - 1 : slices // 2 + 1, r : r + 2, c : c + 2] = 30.0  # solid nodule
+    return volume
+
+
+def write_ct_case(folder: Path, who: Identity | None = None, slices: int = SLICES) -> CtCase:
+    """Write one participant's CT series into ``folder`` (created), one file per slice."""
+    who = who or Identity()
+    folder.mkdir(parents=True, exist_ok=True)
+    hu = phantom(slices)
+    seed = who.patient_id
+    study_uid = generate_uid(entropy_srcs=[seed, "study"])
+    series_uid = generate_uid(entropy_srcs=[seed, "series"])
+    frame_uid = generate_uid(entropy_srcs=[seed, "frame"])
+    files = []
+    for i in range(slices):
+        sop_uid = generate_uid(entropy_srcs=[seed, "sop", str(i)])
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"{who.patient_id}_{who.patient_name.split('^')[0]}_{i + 1:03d}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = sop_uid
+        ds.PatientName = who.patient_name
+        ds.PatientID = who.patient_id
+        ds.PatientBirthDate = who.birth_date
+        ds.PatientSex = "F"
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = who.study_date
+        ds.StudyTime = who.study_time
+        ds.InstitutionName = who.institution
+        ds.InstitutionAddress = who.institution_address
+        ds.ReferringPhysicianName = who.referring_physician
+        ds.AccessionNumber = who.accession
+        ds.StudyID = who.study_id
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = frame_uid
+        ds.SeriesNumber = 2
+        ds.InstanceNumber = i + 1
+        ds.Modality = "CT"
+        ds.Manufacturer = "SYNTHETIC"
+        ds.ManufacturerModelName = "Phantom 32"
+        ds.ConvolutionKernel = "B30f"
+        ds.BodyPartExamined = "CHEST"
+        ds.SliceThickness = SPACING_MM
+        ds.KVP = 120
+        ds.PixelSpacing = [SPACING_MM, SPACING_MM]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-160.0, -160.0, -70.0 + SPACING_MM * i]
+        ds.SliceLocation = -70.0 + SPACING_MM * i
+        ds.Rows = ds.Columns = hu.shape[1]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = -1024
+        ds.RescaleSlope = 1
+        ds.PixelData = (hu[i] + 1024).astype("<u2").tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return CtCase(folder, tuple(files), hu)
+
+
+@pytest.fixture
+def ct_case(tmp_path: Path) -> CtCase:
+    """One participant's CT series in ``tmp_path/case``."""
+    return write_ct_case(tmp_path / "case")
+
+
+@pytest.fixture
+def make_ct_case() -> Callable[..., CtCase]:
+    """Writes a case into a given folder; keywords override ``Identity``'s fields."""
+
+    def make(folder: Path, **identity: str) -> CtCase:
+        return write_ct_case(folder, Identity(**identity))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def docker_cli(request: pytest.FixtureRequest) -> str:
+    """Path of the ``docker`` command (skips or fails when it is not installed)."""
+    found = shutil.which("docker")
+    if found is None:
+        need(request, "the docker command is not installed")
+    return str(found)
+
+
+@pytest.fixture
+def no_leftover_containers(docker_engine: Any) -> Callable[[str], list[str]]:
+    """A check: the containers (any state) of an image, managed by the workbench or not."""
+
+    def containers_of(image_id: str) -> list[str]:
+        found = docker_engine.client.containers.list(all=True, filters={"ancestor": image_id})
+        managed = docker_engine.client.containers.list(
+            all=True, filters={"label": "org.elic.managed"}
+        )
+        mine = {c.id for c in found} | {c.id for c in managed if c.image.id == image_id}
+        return sorted(mine)
+
+    return containers_of
