@@ -28,6 +28,7 @@ import pydicom
 import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from services import need
 
 TESTS = Path(__file__).resolve().parents[1]
 IMAGES = TESTS / "images"
@@ -68,18 +69,8 @@ class AlgoImages:
     contract_only: str
 
 
-def need(request: pytest.FixtureRequest, reason: str) -> None:
-    """``need()`` of ``tests/conftest.py``: skip locally, fail in CI.
-
-    Conftest files outside a package are not importable by name, so it is taken from the
-    plugin manager, which registered that very module.
-    """
-    parent = request.config.pluginmanager.get_plugin(str(TESTS / "conftest.py"))
-    parent.need(reason)
-
-
 @pytest.fixture(scope="session")
-def sandbox_images(request: pytest.FixtureRequest, docker_engine: Any) -> AlgoImages:
+def sandbox_images(docker_engine: Any) -> AlgoImages:
     """Build the test algorithm images once per session (Docker's cache makes it quick)."""
     from docker.errors import BuildError
 
@@ -87,10 +78,7 @@ def sandbox_images(request: pytest.FixtureRequest, docker_engine: Any) -> AlgoIm
 
     client = docker_engine.client
     if find_base(client) is None:
-        need(
-            request,
-            "the base image is missing: run `workbench images build-base` (scripts/setup does)",
-        )
+        need("the base image is missing: run `workbench images build-base` (scripts/setup does)")
     schema = json.dumps(MISBEHAVE_SCHEMA, separators=(",", ":"))
     common = {"pull": False, "rm": True, "forcerm": True, "network_mode": "none"}
     try:
@@ -261,11 +249,11 @@ def make_ct_case() -> Callable[..., CtCase]:
 
 
 @pytest.fixture(scope="session")
-def docker_cli(request: pytest.FixtureRequest) -> str:
+def docker_cli() -> str:
     """Path of the ``docker`` command (skips or fails when it is not installed)."""
     found = shutil.which("docker")
     if found is None:
-        need(request, "the docker command is not installed")
+        need("the docker command is not installed")
     return str(found)
 
 
