@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench.cli import _load_secret, main
+from workbench.cli.common import load_secret as _load_secret
+from workbench.cli.main import main
 from workbench.errors import ConfigError
 
 

@@ -158,7 +158,7 @@ def _header(path: str, size: int, pixels_at: int, ds: Any) -> InstanceHeader:
     )
 
 
-_TAG_OF: dict[str, int] = {k: tag_for_keyword(k) for k in (
+_TAG_OF: dict[str, int] = {k: int(tag_for_keyword(k) or 0) for k in (
     "SOPClassUID", "SOPInstanceUID", "PatientID", "PatientName", "PatientBirthDate",
     "StudyInstanceUID", "StudyDate", "AccessionNumber", "InstitutionName",
     "SeriesInstanceUID", "SeriesNumber", "InstanceNumber", "Modality", "Manufacturer",
@@ -216,10 +216,11 @@ class _Raw:
         if element is None:
             return None
         if isinstance(element, RawDataElement):
-            if len(element.value or b"") < 2:
+            data = element.value or b""
+            if len(data) < 2:
                 return None
             order = "<" if element.is_little_endian else ">"
-            return int(struct.unpack(order + "H", element.value[:2])[0])
+            return int(struct.unpack(order + "H", data[:2])[0])
         return int(element.value)
 
 

@@ -1,0 +1,85 @@
+"""``workbench algorithm``: tools for algorithm developers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from workbench.cli.common import (
+    DEFAULT_SECRET,
+    Sub,
+    group,
+    load_secret,
+    positive_float,
+    positive_int,
+)
+
+
+def register(sub: Sub) -> None:
+    """Add this area's commands to the ``workbench`` parser."""
+    algorithm = group(sub, "algorithm", "algorithm developer tools")
+    p = algorithm.add_parser(
+        "run-local",
+        help="run an algorithm image on one local case exactly as a spoke would",
+        description="Treat the DICOM below --dicom as one participant case, build its "
+        "de-identified participant.json, run IMAGE in the spoke's sandbox (no network, "
+        "read-only root, non-root, no capabilities, limits) and write output.json, "
+        "participant.json and container.log into --out. Exits 1 with a one-line reason "
+        "(an error code from the fixed table) when the run fails.",
+    )
+    p.add_argument("image", metavar="IMAGE", help="image reference or id (never pulled)")
+    p.add_argument("--dicom", type=Path, required=True, help="the case's DICOM folder")
+    p.add_argument("--out", type=Path, required=True, help="where results are written")
+    p.add_argument(
+        "--arg", action="append", default=[], metavar="KEY=VALUE",
+        help="an algorithm argument (repeatable); JSON values keep their type",
+    )  # fmt: skip
+    p.add_argument("--timeout", type=positive_float, default=600.0, help="seconds (600)")
+    p.add_argument("--memory", default="2g", help="memory limit, e.g. 512m, 2g (2g)")
+    p.add_argument("--cpus", type=positive_float, default=1.0, help="CPU limit (1.0)")
+    p.add_argument("--pids", type=positive_int, default=128, help="process limit (128)")
+    p.add_argument(
+        "--secret-file", type=Path, default=DEFAULT_SECRET,
+        help=f"pseudonym secret, created if missing ({DEFAULT_SECRET})",
+    )  # fmt: skip
+    p.set_defaults(handler=_run_local)
+
+
+def _run_local(ns: argparse.Namespace) -> int:
+    from workbench.core.contract import parse_cli_args
+    from workbench.core.pseudonym import Pseudonymizer
+    from workbench.errors import CaseError, ConfigError, EngineError
+    from workbench.spoke_service.engine import DockerEngine
+    from workbench.spoke_service.run_local import run_local
+    from workbench.spoke_service.sandbox import Limits, parse_size
+
+    try:
+        args = parse_cli_args(ns.arg)
+        limits = Limits(
+            timeout_s=ns.timeout, memory_bytes=parse_size(ns.memory), cpus=ns.cpus, pids=ns.pids
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    secret = load_secret(ns.secret_file.expanduser())
+    try:
+        engine = DockerEngine.from_env()
+        done = run_local(engine, ns.image, ns.dicom, ns.out, Pseudonymizer(secret), args, limits)
+    except (CaseError, EngineError) as e:
+        print(f"run-local: {e.code.value}: {e.detail}", file=sys.stderr)
+        return 1
+    result = done.result
+    skipped = sum(done.skipped.values())
+    note = f"; {skipped} non-image files skipped" if skipped else ""
+    if result.error is not None:
+        where = f"; log: {ns.out / 'container.log'}" if result.log_path else ""
+        print(
+            f"run-local: {result.error.code.value}: {result.error.reason} ({result.detail}){where}",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"ok in {result.seconds:.2f} s: {done.case.instance_count} files in "
+        f"{len(done.case.series)} series{note}; wrote {ns.out / 'output.json'}"
+    )
+    return 0

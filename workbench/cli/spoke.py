@@ -1,0 +1,52 @@
+"""``workbench spoke``: spoke-side tools."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from workbench.cli.common import Sub, counter, group, positive_int
+
+
+def register(sub: Sub) -> None:
+    """Add this area's commands to the ``workbench`` parser."""
+    spoke = group(sub, "spoke", "spoke-side tools")
+    p = spoke.add_parser(
+        "index",
+        help="index a folder of DICOM files into the spoke's catalog",
+        description="Read the headers (never the pixels) of every file below DIR into a "
+        "SQLite catalog. Files that are not DICOM images are counted and listed, never fatal. "
+        "Re-indexing reads only new or changed files.",
+    )
+    p.add_argument("dicom_dir", type=Path, metavar="DIR")
+    p.add_argument(
+        "--catalog", type=Path, default=Path("spoke-catalog.sqlite"), help="catalog file"
+    )
+    p.add_argument(
+        "--workers", type=positive_int, default=os.cpu_count() or 1, help="reader processes"
+    )
+    p.add_argument("--show-problems", action="store_true", help="list every skipped file")
+    p.set_defaults(handler=_spoke_index)
+
+
+def _spoke_index(ns: argparse.Namespace) -> int:
+    from workbench.spoke_service.catalog import Catalog
+
+    with Catalog.open(ns.catalog) as catalog:
+        report = catalog.index(ns.dicom_dir, workers=ns.workers, progress=counter("headers"))
+        counts = catalog.counts()
+        problems = catalog.problems() if ns.show_problems else []
+    print(
+        f"indexed {report.indexed} new or changed files, {report.unchanged} unchanged, "
+        f"{report.removed} removed; {report.problem_count} not usable"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(report.problems.items()))})"
+           if report.problems else "")
+    )  # fmt: skip
+    print(
+        f"catalog {ns.catalog}: {counts.participants} participants, {counts.studies} studies, "
+        f"{counts.series} series, {counts.instances} instances, {counts.bytes / 2**20:.1f} MiB"
+    )
+    for path, kind, detail in problems:
+        print(f"  {kind}\t{path}\t{detail}")
+    return 0

@@ -1,0 +1,245 @@
+"""The wire messages between Hub and Spokes: frozen, versioned, validated where received.
+
+Every message is one JSON object with ``type``, ``v`` (schema version) and ``id`` (unique per
+message), plus the fields of its type. ``parse_message`` is the only way bytes become a
+message: unknown types, other versions, missing or extra fields, and non-JSON are all a
+``MessageError``, never a crash. Messages are never pickled.
+
+Receivers deduplicate on ``natural_key``: redelivery of the same case result, or a second
+copy sent after a crash, maps to the same key and is counted once.
+
+Destinations (DESIGN.md section 5)::
+
+    /queue/elic.spoke.<spoke-id>.orders    Hub -> one Spoke: experiment.order, experiment.cancel
+    /queue/elic.hub.inbox                  Spokes -> Hub: case.status, case.result,
+                                           spoke.heartbeat, participant.manifest
+
+>>> msg = CaseStatus(experiment_id="e1", spoke_id="site-01", participant_id="p-1",
+...                  algorithm="lung-lav950", attempt=1, state="running")
+>>> parse_message(encode(msg)) == msg
+True
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from workbench.core.run_errors import RunErrorCode
+
+VERSION = 1
+HUB_INBOX = "/queue/elic.hub.inbox"
+_SPOKE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def orders_queue(spoke_id: str) -> str:
+    """The orders queue of one spoke."""
+    if not _SPOKE_ID.match(spoke_id):
+        raise ValueError(f"not a valid spoke id: {spoke_id!r}")
+    return f"/queue/elic.spoke.{spoke_id}.orders"
+
+
+class MessageError(ValueError):
+    """Bytes that are not a valid message of a known type and version."""
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+SpokeId = Annotated[str, Field(pattern=_SPOKE_ID.pattern)]
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1  # VERSION
+    id: Annotated[str, Field(min_length=8, max_length=64)] = Field(default_factory=_new_id)
+
+
+class AlgorithmRef(BaseModel):
+    """An algorithm as an order names it: pinned by image digest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Name
+    version: Name
+    image: Annotated[str, Field(min_length=1, max_length=512)]
+    digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+    args: dict[str, Any] = Field(default_factory=dict)
+    output_schema: dict[str, Any] | None = None
+
+
+class Manifest(BaseModel):
+    """The frozen description of one experiment; its hash names it in every result."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    experiment_id: Name
+    study: Name
+    algorithms: tuple[AlgorithmRef, ...] = Field(min_length=1)
+    spokes: tuple[SpokeId, ...] = Field(min_length=1)
+    cohort: dict[str, Any] = Field(default_factory=dict)
+    reference_fields: tuple[str, ...] = ()
+    timeout_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    memory_bytes: Annotated[int, Field(ge=8 * 1024**2)] = 2 * 1024**3
+    created_at: str
+
+
+class ExperimentOrder(_Message):
+    """Hub to Spoke: run this experiment's algorithms on your matching cases."""
+
+    type: Literal["experiment.order"] = "experiment.order"
+    spoke_id: SpokeId
+    manifest: Manifest
+    manifest_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+    @property
+    def natural_key(self) -> tuple[str, ...]:
+        return (self.type, self.manifest.experiment_id, self.spoke_id)
+
+
+class ExperimentCancel(_Message):
+    """Hub to Spoke: stop this experiment's queued and running cases."""
+
+    type: Literal["experiment.cancel"] = "experiment.cancel"
+    spoke_id: SpokeId
+    experiment_id: Name
+
+    @property
+    def natural_key(self) -> tuple[str, ...]:
+        return (self.type, self.experiment_id, self.spoke_id)
+
+
+class _CaseMessage(_Message):
+    experiment_id: Name
+    spoke_id: SpokeId
+    participant_id: Name
+    algorithm: Name
+    attempt: Annotated[int, Field(ge=1)] = 1
+
+    @property
+    def natural_key(self) -> tuple[str, ...]:
+        return (
+            str(getattr(self, "type", "")), self.experiment_id, self.spoke_id,
+            self.participant_id, self.algorithm, str(self.attempt),
+        )  # fmt: skip
+
+
+class ErrorInfo(BaseModel):
+    """A remote failure: a code from the fixed table and its fixed reason."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: RunErrorCode
+    reason: Annotated[str, Field(max_length=200)]
+
+
+CaseState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class CaseStatus(_CaseMessage):
+    """Spoke to Hub: a case changed state (``failed`` carries an ``error``)."""
+
+    type: Literal["case.status"] = "case.status"
+    state: CaseState
+    error: ErrorInfo | None = None
+
+
+class CaseResult(_CaseMessage):
+    """Spoke to Hub: one released ``output.json`` and what it was computed from."""
+
+    type: Literal["case.result"] = "case.result"
+    manifest_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    image_digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+    output: dict[str, Any]
+    output_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    reference: dict[str, float | int | str | None] = Field(default_factory=dict)
+    seconds: Annotated[float, Field(ge=0)] = 0.0
+
+
+class SpokeHeartbeat(_Message):
+    """Spoke to Hub: alive, with its queue and catalog in numbers."""
+
+    type: Literal["spoke.heartbeat"] = "spoke.heartbeat"
+    spoke_id: SpokeId
+    sent_at: str
+    queued: Annotated[int, Field(ge=0)] = 0
+    running: Annotated[int, Field(ge=0)] = 0
+    participants: Annotated[int, Field(ge=0)] = 0
+
+    @property
+    def natural_key(self) -> tuple[str, ...]:
+        return (self.type, self.spoke_id, self.id)
+
+
+class ParticipantManifest(_Message):
+    """Spoke to Hub: the de-identified inventory of its catalog (counts and acquisition)."""
+
+    type: Literal["participant.manifest"] = "participant.manifest"
+    spoke_id: SpokeId
+    participants: Annotated[int, Field(ge=0)]
+    series: Annotated[int, Field(ge=0)]
+    instances: Annotated[int, Field(ge=0)]
+    acquisition: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+    @property
+    def natural_key(self) -> tuple[str, ...]:
+        return (self.type, self.spoke_id, self.id)
+
+
+Message = Annotated[
+    ExperimentOrder | ExperimentCancel | CaseStatus | CaseResult | SpokeHeartbeat
+    | ParticipantManifest,
+    Field(discriminator="type"),
+]  # fmt: skip
+_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+TYPES = ("experiment.order", "experiment.cancel", "case.status", "case.result",
+         "spoke.heartbeat", "participant.manifest")  # fmt: skip
+
+
+def parse_message(data: bytes | str) -> Message:
+    """Validate bytes from the wire into a message.
+
+    Raises:
+        MessageError: not JSON, too large, an unknown type or version, or invalid fields.
+    """
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MessageError(f"not JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise MessageError("a message must be a JSON object")
+    if raw.get("type") not in TYPES:
+        raise MessageError(f"unknown message type {str(raw.get('type'))[:40]!r}")
+    if raw.get("v") != VERSION:
+        raise MessageError(f"unsupported version {str(raw.get('v'))[:10]!r} of {raw['type']}")
+    try:
+        return _ADAPTER.validate_python(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise MessageError(f"invalid {raw['type']}: {where}: {first['msg']}") from e
+
+
+def encode(message: _Message) -> bytes:
+    """The message as compact JSON bytes."""
+    return message.model_dump_json(exclude_none=False).encode()
+
+
+def manifest_hash(manifest: Manifest) -> str:
+    """SHA-256 of the manifest's canonical JSON (sorted keys, no spaces)."""
+    import hashlib
+
+    canonical = json.dumps(
+        manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,1 @@
+"""Message transport: the ``Broker`` protocol, ``StompBroker`` (ActiveMQ) and ``InMemoryBroker``."""

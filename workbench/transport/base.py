@@ -1,0 +1,77 @@
+"""The ``Broker`` protocol: what Hub and Spokes need from a message broker, and no more.
+
+Semantics every implementation keeps (the contract tests in ``tests/contract`` check them
+against ``InMemoryBroker`` and against ``StompBroker`` on a real ActiveMQ):
+
+- ``send`` is persistent and returns only once the broker has confirmed it (a STOMP
+  receipt); it raises ``TransportError`` if that confirmation does not come.
+- A subscription delivers each message to ``handler`` on the broker's own thread, at most
+  ``prefetch`` unacknowledged at a time. The handler calls ``delivery.ack()`` when, and only
+  when, the message's effect is durable; an unacknowledged message is delivered again after
+  the connection is re-established (at-least-once).
+- ``delivery.reject()`` moves a message that can never be processed to the dead-letter
+  queue (STOMP ``NACK`` on ActiveMQ), so that it stops blocking the queue.
+- Messages on one queue from one sender arrive in the order they were sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from workbench.errors import WorkbenchError
+
+DEAD_LETTER_QUEUE = "/queue/ActiveMQ.DLQ"
+
+
+class TransportError(WorkbenchError):
+    """The broker is unreachable, refused a frame, or did not confirm a send."""
+
+
+@dataclass
+class Delivery:
+    """One received message. Exactly one of ``ack``/``reject`` should be called, once."""
+
+    body: bytes
+    destination: str
+    message_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+    redelivered: bool = False
+    _ack: Callable[[], None] = field(default=lambda: None, repr=False)
+    _reject: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def ack(self) -> None:
+        """The message's effect is durable: the broker may forget it."""
+        self._ack()
+
+    def reject(self) -> None:
+        """The message can never be processed: send it to the dead-letter queue."""
+        self._reject()
+
+
+Handler = Callable[[Delivery], None]
+
+
+class Subscription(Protocol):
+    """A live subscription; ``cancel`` stops deliveries (unacknowledged ones return)."""
+
+    def cancel(self) -> None:
+        """Stop receiving."""
+        ...
+
+
+class Broker(Protocol):
+    """A connection to a message broker."""
+
+    def send(self, destination: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """Send persistently; return once the broker confirmed receipt."""
+        ...
+
+    def subscribe(self, destination: str, handler: Handler, prefetch: int = 1) -> Subscription:
+        """Deliver messages from ``destination`` to ``handler`` (client-individual acks)."""
+        ...
+
+    def close(self) -> None:
+        """Disconnect; unacknowledged deliveries go back to their queues."""
+        ...
