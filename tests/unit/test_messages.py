@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -13,11 +14,16 @@ HASH = "b" * 64
 
 
 def manifest() -> m.Manifest:
+    algorithm = m.AlgorithmRef(
+        name="lung-lav950", version="1.0.0", image="elic/lung-lav950:1.0.0", digest=DIGEST
+    )
     return m.Manifest(
-        experiment_id="exp-1", study="lung-screening",
-        algorithms=(m.AlgorithmRef(name="lung-lav950", version="1.0.0", image="elic/lung-lav950:1.0.0", digest=DIGEST),),
-        spokes=("site-01", "site-02"), created_at="2026-11-28T00:00:00Z",
-    )  # fmt: skip
+        experiment_id="exp-1",
+        study="lung-screening",
+        algorithms=(algorithm,),
+        spokes=("site-01", "site-02"),
+        created_at="2026-11-28T00:00:00Z",
+    )
 
 
 def result(**changes: object) -> m.CaseResult:
@@ -31,11 +37,13 @@ def result(**changes: object) -> m.CaseResult:
 
 
 def test_every_type_round_trips_through_bytes() -> None:
+    order_hash = m.manifest_hash(manifest())
+    failed = m.ErrorInfo(code=m.RunErrorCode.TIMEOUT, reason="late")
     messages = [
-        m.ExperimentOrder(spoke_id="site-01", manifest=manifest(), manifest_hash=m.manifest_hash(manifest())),
+        m.ExperimentOrder(spoke_id="site-01", manifest=manifest(), manifest_hash=order_hash),
         m.ExperimentCancel(spoke_id="site-01", experiment_id="exp-1"),
         m.CaseStatus(experiment_id="exp-1", spoke_id="site-01", participant_id="p-1",
-                     algorithm="a", state="failed", error=m.ErrorInfo(code="TIMEOUT", reason="late")),
+                     algorithm="a", state="failed", error=failed),
         result(),
         m.SpokeHeartbeat(spoke_id="site-01", sent_at="2026-11-28T00:00:00Z", queued=3),
         m.ParticipantManifest(spoke_id="site-01", participants=12, series=24, instances=1920,
@@ -96,7 +104,5 @@ def test_orders_queue_refuses_odd_spoke_ids() -> None:
 
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_crash_the_parser(data: bytes) -> None:
-    try:
+    with contextlib.suppress(m.MessageError):
         m.parse_message(data)
-    except m.MessageError:
-        pass

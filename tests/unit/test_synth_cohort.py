@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import re
 from pathlib import Path
@@ -27,16 +28,48 @@ REFERENCE_HEADER = [
     "lav950_percent_t0",
     "lav950_percent_t1",
 ]
-REQUIRED = (
-    "PatientName PatientID PatientBirthDate PatientSex PatientAge StudyDate StudyTime "
-    "SeriesDate SeriesTime AcquisitionDate AcquisitionTime ContentDate ContentTime "
-    "InstitutionName InstitutionAddress ReferringPhysicianName OperatorsName StationName "
-    "AccessionNumber StudyID StudyInstanceUID SeriesInstanceUID SOPInstanceUID "
-    "FrameOfReferenceUID ImagePositionPatient ImageOrientationPatient PatientPosition "
-    "PixelSpacing SliceThickness SpacingBetweenSlices KVP ConvolutionKernel Manufacturer "
-    "ManufacturerModelName StudyDescription SeriesDescription InstanceNumber SliceLocation "
-    "SeriesNumber BodyPartExamined"
-).split()
+REQUIRED = [
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyDate",
+    "StudyTime",
+    "SeriesDate",
+    "SeriesTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ContentDate",
+    "ContentTime",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "OperatorsName",
+    "StationName",
+    "AccessionNumber",
+    "StudyID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PatientPosition",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "KVP",
+    "ConvolutionKernel",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "StudyDescription",
+    "SeriesDescription",
+    "InstanceNumber",
+    "SliceLocation",
+    "SeriesNumber",
+    "BodyPartExamined",
+]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +172,7 @@ def test_files_are_valid_ct_image_storage(headers: dict[Path, list[pydicom.Datas
             assert ds.BitsAllocated == 16
             assert ds.HighBit == ds.BitsStored - 1
             assert ds.PixelRepresentation in {0, 1}
-            missing = [k for k in REQUIRED if k not in ds or ds.data_element(k).is_empty]
+            missing = [k for k in REQUIRED if k not in ds or ds[k].is_empty]
             assert not missing
 
 
@@ -154,7 +187,7 @@ def test_pixels_decode_with_the_declared_representation(
 
         assert pixels.shape == (ds.Rows, ds.Columns) == (96, 96)
         assert pixels.dtype.kind == ("i" if ds.PixelRepresentation else "u")
-        assert 0 <= pixels.min() and pixels.max() < 2**ds.BitsStored
+        assert pixels.min() >= 0 and pixels.max() < 2**ds.BitsStored
 
 
 def test_files_are_what_pydicom_itself_would_write(
@@ -177,7 +210,7 @@ def test_slices_are_contiguous_and_consistently_placed(
         z = [float(ds.ImagePositionPatient[2]) for ds in datasets]
         thickness = float(datasets[0].SliceThickness)
 
-        steps = {round(b - a, 3) for a, b in zip(z, z[1:], strict=False)}
+        steps = {round(b - a, 3) for a, b in itertools.pairwise(z)}
         assert len(steps) == 1 and abs(abs(steps.pop()) - thickness) < 1e-3
         assert float(datasets[0].SpacingBetweenSlices) == thickness
         assert [ds.InstanceNumber for ds in datasets] == list(range(1, len(datasets) + 1))
@@ -281,6 +314,22 @@ def test_an_earlier_cohort_is_replaced(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort.json", "notes.txt", "site-01"]
     assert summary.files == len(list(tmp_path.rglob("*.dcm")))
     assert json.loads((tmp_path / "cohort.json").read_text(encoding="utf-8"))["seed"] == 2
+
+
+def test_an_interrupted_cohort_has_no_manifest_and_can_be_redone(tmp_path: Path) -> None:
+    def stop(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_cohort(tmp_path, 1, 2, progress=stop)
+    assert not (tmp_path / "cohort.json").exists()
+    assert list(tmp_path.rglob("*.dcm"))
+
+    summary = generate_cohort(tmp_path, 1, 1)
+
+    assert (tmp_path / "cohort.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort.json", "site-01"]
+    assert summary.files == len(list(tmp_path.rglob("*.dcm")))
 
 
 def test_a_folder_that_is_not_a_cohort_is_refused(tmp_path: Path) -> None:

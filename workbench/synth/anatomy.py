@@ -22,13 +22,14 @@ lung parenchyma       ``parenchyma_hu`` (-865..-835) + a posterior gradient
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float32]
 BoolArray = NDArray[np.bool_]
-Coord = NDArray[np.float64] | float
+Coord = NDArray[np.floating[Any]] | float
 
 HU_AIR = -1000.0
 HU_FAT = -100.0
@@ -86,6 +87,18 @@ class Anatomy:
         cx = side * (self.gap + core_a) / 2.0
         ax = (core_a - self.gap) / 2.0 + 8.0
         return cx, 0.1 * core_b, ax, core_b + 6.0
+
+    def diaphragm(self, side: int, x: Coord, y: Coord) -> NDArray[np.float64]:
+        """Height of one dome of the diaphragm: highest medially, lowest at the recesses.
+
+        The dome peaks against the mediastinum, so the lung base never wraps all the way
+        round the dome in an axial slice (the dome is not an island inside the lung).
+        """
+        core_a, _ = self.core
+        _, cy, _, ay = self.lung_ellipse(side)
+        dome = self.dome_right if side < 0 else self.dome_left
+        r2 = ((x - side * self.gap) / (core_a - self.gap)) ** 2 + ((y - cy) / ay) ** 2
+        return np.asarray(-self.lung_height + dome * np.clip(1.0 - r2, 0.0, 1.0))
 
     @property
     def trachea_y(self) -> float:
@@ -155,7 +168,7 @@ def _near_segment(
 
 def _aorta(an: Anatomy, x: Coord, y: Coord, z: Coord, grow: float) -> BoolArray:
     """Ascending aorta, arch and descending aorta, each widened by ``grow`` mm."""
-    hx, hy, hz, _, _, haz = an.heart
+    _, hy, hz, _, _, haz = an.heart
     arch_z = an.carina_z + 15.0
     ascending_c = (-4.0, hy + 8.0)
     descending_c = (22.0, an.spine_y - 22.0)
@@ -191,12 +204,10 @@ def lung_field(an: Anatomy, x: Coord, y: Coord, z: Coord) -> BoolArray:
     taper = 1.0 - (1.0 - np.minimum(u / 0.4, 1.0)) ** 2
     in_range = (np.asarray(z) < 0.0) & (np.asarray(z) > -h)
     lungs = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), dtype=bool)
-    for side, dome in ((-1, an.dome_right), (1, an.dome_left)):
+    for side in (-1, 1):
         cx, cy, ax, ay = an.lung_ellipse(side)
         r2 = ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2
-        floor = -h + dome * np.clip(1.0 - r2, 0.0, 1.0)
-        lungs |= (r2 <= taper) & (z > floor) & (side * np.asarray(x) > an.gap)
-    core_a, core_b = an.core
+        lungs |= (r2 <= taper) & (z > an.diaphragm(side, x, y)) & (side * np.asarray(x) > an.gap)
     lungs &= in_range & _torso(x, y, an.fat + WALL_MM, an.body_a, an.body_b)
     lungs &= ~_heart(an, x, y, z, 6.0)
     lungs &= ~_aorta(an, x, y, z, CLEARANCE_MM - 2.0)
@@ -225,12 +236,8 @@ def render(an: Anatomy, x: Coord, y: Coord, z: Coord) -> tuple[FloatArray, BoolA
     _paint(hu, _torso(x, y, fat, a, b), HU_SOFT)
     h = an.lung_height
     # The liver fills the abdomen under the right dome of the diaphragm.
-    cx, cy, ax, ay = an.lung_ellipse(-1)
-    r2 = ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2
     liver = (
-        (z < -h + an.dome_right * np.clip(1.0 - r2, 0.0, 1.0) - 3.0)
-        & _torso(x, y, fat + 10.0, a, b)
-        & (np.asarray(x) < 40.0)
+        (z < an.diaphragm(-1, x, y) - 3.0) & _torso(x, y, fat + 10.0, a, b) & (np.asarray(x) < 40.0)
     )
     _paint(hu, liver, HU_LIVER)
     _paint(hu, _heart(an, x, y, z, 0.0), HU_SOFT)
@@ -264,7 +271,7 @@ def _paint_ribs(an: Anatomy, hu: FloatArray, x: Coord, y: Coord, z: Coord) -> No
 
 def _paint_spine(an: Anatomy, hu: FloatArray, x: Coord, y: Coord, z: Coord) -> None:
     sy = an.spine_y
-    disc = np.mod(np.asarray(z) - an.disc_phase, 30.0) < 6.0
+    disc = np.asarray(np.mod(np.asarray(z) - an.disc_phase, 30.0) < 6.0)
     r2 = x**2 + (y - sy) ** 2
     body = r2 <= 16.0**2
     _paint(hu, body & ~disc, HU_CORTEX)
@@ -282,4 +289,4 @@ def _paint_spine(an: Anatomy, hu: FloatArray, x: Coord, y: Coord, z: Coord) -> N
         & ~disc
     )
     _paint(hu, arch | spinous | transverse, HU_ARCH)
-    _paint(hu, c2 <= 8.0**2, HU_CANAL)
+    _paint(hu, np.asarray(c2 <= 8.0**2), HU_CANAL)

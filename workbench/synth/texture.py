@@ -55,7 +55,7 @@ class SmoothField:
         fy = np.fft.fftfreq(ny)[None, :, None]
         fx = np.fft.rfftfreq(nx)[None, None, :]
         spectrum *= np.exp(-2.0 * (np.pi * sigma) ** 2 * (fx**2 + fy**2 + fz**2))
-        smooth = np.fft.irfftn(spectrum, s=(nz, ny, nx))
+        smooth = np.fft.irfftn(spectrum, s=(nz, ny, nx), axes=(0, 1, 2))
         smooth -= smooth.mean()
         std = float(smooth.std())
         if std > 0:
