@@ -42,6 +42,7 @@ def test_every_type_round_trips_through_bytes() -> None:
     messages = [
         m.ExperimentOrder(spoke_id="site-01", manifest=manifest(), manifest_hash=order_hash),
         m.ExperimentCancel(spoke_id="site-01", experiment_id="exp-1"),
+        m.ExperimentAccepted(spoke_id="site-01", experiment_id="exp-1", participants=4, cases=8),
         m.CaseStatus(experiment_id="exp-1", spoke_id="site-01", participant_id="p-1",
                      algorithm="a", state="failed", error=failed),
         result(),

@@ -5,55 +5,19 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from dicom_factory import write_ct_series
+from fakes import FakeEngine
 
 from workbench.core.contract import LABEL_OUTPUT_SCHEMA
 from workbench.core.pseudonym import Pseudonymizer
 from workbench.core.run_errors import RunErrorCode
 from workbench.errors import EngineError
-from workbench.spoke_service.engine import ContainerOutcome, ImageInfo
 from workbench.spoke_service.run_local import case_from_folder
 from workbench.spoke_service.runner import CaseRunner
-from workbench.spoke_service.sandbox import Limits, SandboxSpec
-
-SCHEMA = {"type": "object", "required": ["score"], "properties": {"score": {"type": "number"}}}
-
-
-@dataclass
-class FakeEngine:
-    """Plays the algorithm by writing into the staged output folder; records what it saw."""
-
-    act: Callable[[Path], None]
-    exit_code: int = 0
-    timed_out: bool = False
-    oom: bool = False
-    pids: bool = False
-    labels: dict[str, str] = field(
-        default_factory=lambda: {LABEL_OUTPUT_SCHEMA: json.dumps(SCHEMA)}
-    )
-    specs: list[SandboxSpec] = field(default_factory=list)
-    seen_participant: dict | None = None
-    seen_dicom: list[str] = field(default_factory=list)
-
-    def image(self, reference: str) -> ImageInfo:
-        if reference == "missing":
-            raise EngineError(RunErrorCode.IMAGE_NOT_FOUND, "no such image")
-        return ImageInfo("sha256:" + "ab" * 32, self.labels)
-
-    def run(self, spec: SandboxSpec) -> ContainerOutcome:
-        self.specs.append(spec)
-        self.seen_participant = json.loads((Path(spec.input_dir) / "participant.json").read_text())
-        self.seen_dicom = sorted(
-            str(p.relative_to(spec.dicom_dir)) for p in Path(spec.dicom_dir).rglob("*.dcm")
-        )
-        self.act(Path(spec.output_dir))
-        return ContainerOutcome(
-            self.exit_code, self.timed_out, self.oom, self.pids, b"algorithm log\n", 0.1
-        )
+from workbench.spoke_service.sandbox import Limits
 
 
 def write(text: str | bytes, name: str = "output.json") -> Callable[[Path], None]:

@@ -11,8 +11,9 @@ copy sent after a crash, maps to the same key and is counted once.
 Destinations (DESIGN.md section 5)::
 
     /queue/elic.spoke.<spoke-id>.orders    Hub -> one Spoke: experiment.order, experiment.cancel
-    /queue/elic.hub.inbox                  Spokes -> Hub: case.status, case.result,
-                                           spoke.heartbeat, participant.manifest
+    /queue/elic.hub.inbox                  Spokes -> Hub: experiment.accepted, case.status,
+                                           case.result, spoke.heartbeat,
+                                           participant.manifest
 
 >>> msg = CaseStatus(experiment_id="e1", spoke_id="site-01", participant_id="p-1",
 ...                  algorithm="lung-lav950", attempt=1, state="running")
@@ -117,6 +118,23 @@ class ExperimentCancel(_Message):
         return (self.type, self.experiment_id, self.spoke_id)
 
 
+class ExperimentAccepted(_Message):
+    """Spoke to Hub: the order is stored; this many cases (participant x algorithm) planned.
+
+    ``cases`` may be 0: the spoke's catalog holds no participant matching the cohort.
+    """
+
+    type: Literal["experiment.accepted"] = "experiment.accepted"
+    spoke_id: SpokeId
+    experiment_id: Name
+    participants: Annotated[int, Field(ge=0)]
+    cases: Annotated[int, Field(ge=0)]
+
+    @property
+    def natural_key(self) -> tuple[str, ...]:
+        return (self.type, self.experiment_id, self.spoke_id)
+
+
 class _CaseMessage(_Message):
     experiment_id: Name
     spoke_id: SpokeId
@@ -160,7 +178,7 @@ class CaseResult(_CaseMessage):
     image_digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
     output: dict[str, Any]
     output_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    reference: dict[str, float | int | str | None] = Field(default_factory=dict)
+    reference: dict[str, float | None] = Field(default_factory=dict)
     seconds: Annotated[float, Field(ge=0)] = 0.0
 
 
@@ -195,13 +213,13 @@ class ParticipantManifest(_Message):
 
 
 Message = Annotated[
-    ExperimentOrder | ExperimentCancel | CaseStatus | CaseResult | SpokeHeartbeat
-    | ParticipantManifest,
+    ExperimentOrder | ExperimentCancel | ExperimentAccepted | CaseStatus | CaseResult
+    | SpokeHeartbeat | ParticipantManifest,
     Field(discriminator="type"),
 ]  # fmt: skip
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
-TYPES = ("experiment.order", "experiment.cancel", "case.status", "case.result",
-         "spoke.heartbeat", "participant.manifest")  # fmt: skip
+TYPES = ("experiment.order", "experiment.cancel", "experiment.accepted", "case.status",
+         "case.result", "spoke.heartbeat", "participant.manifest")  # fmt: skip
 
 
 def parse_message(data: bytes | str) -> Message:

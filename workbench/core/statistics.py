@@ -1,8 +1,9 @@
-"""Validation statistics: ROC AUC with a DeLong confidence interval, agreement measures.
+"""Validation statistics: ROC curve, AUC with a DeLong confidence interval, agreement.
 
 Pure numpy. ``auc`` is the Mann-Whitney estimate (ties count one half); ``delong_ci`` uses
 DeLong's structural components for the variance, the standard for comparing diagnostic
-algorithms on one cohort.
+algorithms on one cohort. ``roc_curve`` gives the empirical curve whose trapezoidal area is
+exactly ``auc``.
 
 >>> round(auc([0.9, 0.8, 0.3], [1, 1, 0]), 3)
 1.0
@@ -32,6 +33,27 @@ def _psi(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     diff = pos[:, None] - neg[None, :]
     psi: np.ndarray = (diff > 0) + 0.5 * (diff == 0)
     return psi
+
+
+def roc_curve(scores: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)``: the empirical ROC curve, from (0, 0) to (1, 1).
+
+    One point per distinct score, taken as a threshold from the highest down (a case is
+    called positive when its score is at or above it). Tied scores move the curve
+    diagonally, so the trapezoidal area under it equals :func:`auc`.
+
+    >>> fpr, tpr = roc_curve([0.9, 0.8, 0.3], [1, 0, 0])
+    >>> fpr.tolist(), tpr.tolist()
+    ([0.0, 0.0, 0.5, 1.0], [0.0, 1.0, 1.0, 1.0])
+    """
+    pos, neg = _split(scores, labels)
+    thresholds = np.unique(np.concatenate([pos, neg]))[::-1]
+    # cases at or above each threshold: counts of scores >= t, via sorted search
+    tp = len(pos) - np.searchsorted(np.sort(pos), thresholds, side="left")
+    fp = len(neg) - np.searchsorted(np.sort(neg), thresholds, side="left")
+    fpr = np.concatenate([[0.0], fp / len(neg)])
+    tpr = np.concatenate([[0.0], tp / len(pos)])
+    return fpr, tpr
 
 
 def auc(scores: Sequence[float], labels: Sequence[int]) -> float:

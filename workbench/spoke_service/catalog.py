@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,6 +92,8 @@ class Catalog:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
         self._db.executescript(_SCHEMA)
+        # A spoke's worker threads share one catalog; sqlite3 serialises nothing by itself.
+        self._lock = threading.RLock()
 
     @classmethod
     def open(cls, path: Path | str) -> Catalog:
@@ -98,7 +101,7 @@ class Catalog:
         try:
             if str(path) != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            return cls(sqlite3.connect(str(path)))
+            return cls(sqlite3.connect(str(path), check_same_thread=False))
         except (sqlite3.Error, OSError) as e:
             raise CatalogError(f"cannot open the catalog at {path}: {e}") from e
 
@@ -131,7 +134,7 @@ class Catalog:
         rows: list[tuple[Any, ...]] = []
         problems: list[tuple[Any, ...]] = []
         try:
-            with self._db:
+            with self._lock, self._db:
                 self._delete(gone + todo)
                 for outcome in scan_headers(todo, workers=workers, progress=progress):
                     st = on_disk[outcome.path]
@@ -160,27 +163,44 @@ class Catalog:
 
     def counts(self) -> CatalogCounts:
         """Totals of participants, studies, series, instances, bytes and problem files."""
-        participants, studies, series, instances, size = self._db.execute(
-            "SELECT count(DISTINCT patient_id), count(DISTINCT study_uid),"
-            " count(DISTINCT series_uid), count(*), coalesce(sum(file_size), 0) FROM instances"
-        ).fetchone()
-        problems = self._db.execute("SELECT count(*) FROM problems").fetchone()[0]
+        with self._lock:
+            participants, studies, series, instances, size = self._db.execute(
+                "SELECT count(DISTINCT patient_id), count(DISTINCT study_uid),"
+                " count(DISTINCT series_uid), count(*), coalesce(sum(file_size), 0)"
+                " FROM instances"
+            ).fetchone()
+            problems = self._db.execute("SELECT count(*) FROM problems").fetchone()[0]
         return CatalogCounts(participants, studies, series, instances, size, problems)
+
+    def acquisition_summary(self) -> dict[str, dict[str, int]]:
+        """Series counts by manufacturer, kernel and slice thickness (no identifiers)."""
+        summary: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for column in ("modality", "manufacturer", "convolution_kernel", "slice_thickness_mm"):
+                rows = self._db.execute(
+                    f"SELECT coalesce({column}, ''), count(*) FROM series GROUP BY 1 ORDER BY 1"
+                ).fetchall()
+                summary[column] = {str(value): int(n) for value, n in rows}
+        return summary
 
     def problems(self) -> list[tuple[str, str, str]]:
         """Every problem file as ``(path, kind, detail)``."""
-        return list(self._db.execute("SELECT path, kind, detail FROM problems ORDER BY path"))
+        with self._lock:
+            return list(self._db.execute("SELECT path, kind, detail FROM problems ORDER BY path"))
 
     def patient_ids(self) -> list[str]:
         """The PatientIDs in the catalog, sorted (local identifiers: they stay at the spoke)."""
-        return [r[0] for r in self._db.execute("SELECT patient_id FROM participants ORDER BY 1")]
+        with self._lock:
+            rows = self._db.execute("SELECT patient_id FROM participants ORDER BY 1").fetchall()
+        return [r[0] for r in rows]
 
     def participant_headers(self, patient_id: str) -> list[InstanceHeader]:
         """Every instance header of one participant."""
-        rows = self._db.execute(
-            f"SELECT {', '.join(_FIELDS)} FROM instances WHERE patient_id = ? ORDER BY path",
-            (patient_id,),
-        )
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(_FIELDS)} FROM instances WHERE patient_id = ? ORDER BY path",
+                (patient_id,),
+            ).fetchall()
         return [_header(r) for r in rows]
 
     def _known_under(self, prefix: str) -> dict[str, tuple[int, int]]:

@@ -65,6 +65,10 @@ class ContainerEngine(Protocol):
         """Run one container to completion or timeout, always removing it afterwards."""
         ...
 
+    def pull(self, reference: str) -> ImageInfo:
+        """Fetch ``reference`` (``registry/name@sha256:...``) from a private registry."""
+        ...
+
 
 class DockerEngine:
     """``ContainerEngine`` over Docker Engine, through the docker SDK."""
@@ -105,6 +109,20 @@ class DockerEngine:
         except DockerException as e:
             raise EngineError(RunErrorCode.ENGINE_UNAVAILABLE, str(e)) from e
         return ImageInfo(image.id, dict(image.labels or {}))
+
+    def pull(self, reference: str) -> ImageInfo:
+        from docker.errors import DockerException
+
+        repository, sep, digest = reference.partition("@")
+        if not sep:
+            raise EngineError(
+                RunErrorCode.IMAGE_NOT_FOUND, f"refusing to pull {reference!r}: not by digest"
+            )
+        try:
+            self._client.images.pull(repository, tag=digest)
+        except DockerException as e:
+            raise EngineError(RunErrorCode.IMAGE_NOT_FOUND, f"cannot pull {reference}: {e}") from e
+        return self.image(reference)
 
     def run(self, spec: SandboxSpec) -> ContainerOutcome:
         from docker.errors import DockerException

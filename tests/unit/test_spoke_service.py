@@ -1,0 +1,273 @@
+"""The spoke service end to end in one process: InMemoryBroker, a fake engine, real SQLite."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from dicom_factory import Identity, write_ct_series
+from fakes import IMAGE_ID, FakeEngine
+
+from workbench.core import messages as m
+from workbench.spoke_service.config import SpokeConfig
+from workbench.spoke_service.service import Spoke
+from workbench.transport.base import DEAD_LETTER_QUEUE
+from workbench.transport.memory import InMemoryBroker
+
+PEOPLE = [
+    Identity(patient_id="MRN-1001", patient_name="Moreau^Claire", accession="ACC-A1"),
+    Identity(patient_id="MRN-1002", patient_name="Okafor^Chidi", accession="ACC-B1"),
+]
+ONE_TIMEPOINT = Identity(patient_id="MRN-1003", patient_name="Silva^Ana")
+
+
+def make_site(root: Path) -> Path:
+    for person in PEOPLE:
+        write_ct_series(root / "dicom" / person.patient_id / "t0", person, slices=2)
+        later = Identity(**{**person.__dict__, "study_date": "20200415", "accession": "ACC-X2"})
+        write_ct_series(root / "dicom" / person.patient_id / "t1", later, slices=2)
+    write_ct_series(root / "dicom" / "MRN-1003", ONE_TIMEPOINT, slices=2)
+    (root / "reference.csv").write_text(
+        "patient_id,malignant,lav950_percent_t0\nMRN-1001,1,4.5\nMRN-1002,0,12.25\n"
+    )
+    return root
+
+
+def write_score(out: Path) -> None:
+    (out / "output.json").write_text('{"score": 0.25}')
+
+
+def config(root: Path, spoke_id: str = "site-01") -> SpokeConfig:
+    return SpokeConfig(
+        spoke_id=spoke_id, state_dir=root / "state", dicom_dir=root / "dicom",
+        broker=("memory://",), reference_csv=root / "reference.csv", heartbeat_s=3600,
+    )  # fmt: skip
+
+
+def order(spoke_id: str = "site-01", experiment_id: str = "exp-1", **manifest: object) -> bytes:
+    algorithm = m.AlgorithmRef(name="score", version="1", image="elic/score:1", digest=IMAGE_ID)
+    fields: dict[str, object] = dict(
+        experiment_id=experiment_id, study="lung-screening", algorithms=(algorithm,),
+        spokes=(spoke_id,), cohort={"modality": "CT", "min_timepoints": 2},
+        reference_fields=("malignant", "lav950_percent_t0"), created_at="2026-11-28T00:00:00Z",
+    )  # fmt: skip
+    fields.update(manifest)
+    frozen = m.Manifest(**fields)  # type: ignore[arg-type]
+    msg = m.ExperimentOrder(
+        spoke_id=spoke_id, manifest=frozen, manifest_hash=m.manifest_hash(frozen)
+    )
+    return m.encode(msg)
+
+
+def inbox(server: InMemoryBroker) -> list[m.Message]:
+    return [m.parse_message(body) for body in server.drain(m.HUB_INBOX)]
+
+
+def finished(messages: list[m.Message]) -> int:
+    """Cases that reached a final state, as the hub would count them."""
+    final = {"done", "failed", "cancelled"}
+    return sum(isinstance(x, m.CaseStatus) and x.state in final for x in messages)
+
+
+def until(server: InMemoryBroker, enough: Callable[[list[m.Message]], bool]) -> list[m.Message]:
+    """Collect the hub inbox until ``enough(messages)``, failing after a deadline."""
+    seen: list[m.Message] = []
+    deadline = time.monotonic() + 20
+    while not enough(seen):
+        assert time.monotonic() < deadline, f"gave up waiting; saw {[x.type for x in seen]}"
+        seen += inbox(server)
+        time.sleep(0.02)
+    return seen
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    return make_site(tmp_path)
+
+
+def run_spoke(site: Path, server: InMemoryBroker, engine: FakeEngine, *orders: bytes) -> Spoke:
+    spoke = Spoke(config(site), server.connect(), engine)
+    spoke.start()
+    hub = server.connect()
+    for body in orders:
+        hub.send(m.orders_queue("site-01"), body)
+    hub.close()
+    return spoke
+
+
+def test_an_order_runs_every_matching_case_and_reports_results(site: Path) -> None:
+    server = InMemoryBroker()
+    spoke = run_spoke(site, server, FakeEngine(write_score), order())
+    try:
+        messages = until(server, lambda seen: finished(seen) >= 2)
+    finally:
+        spoke.stop()
+    accepted = [x for x in messages if isinstance(x, m.ExperimentAccepted)]
+    results = [x for x in messages if isinstance(x, m.CaseResult)]
+    assert [(a.participants, a.cases) for a in accepted] == [(2, 2)]  # MRN-1003 has 1 time point
+    assert sorted(r.reference["malignant"] for r in results) == [0, 1]
+    assert {r.output["score"] for r in results} == {0.25}
+    assert all(r.image_digest == IMAGE_ID for r in results)
+    states = [x.state for x in messages if isinstance(x, m.CaseStatus)]
+    assert sorted(states) == sorted(["queued", "running", "done"] * 2)
+    manifests = [x for x in messages if isinstance(x, m.ParticipantManifest)]
+    assert manifests[0].participants == 3
+
+
+def test_nothing_identifying_leaves_the_spoke(site: Path) -> None:
+    server = InMemoryBroker()
+    spoke = run_spoke(site, server, FakeEngine(write_score), order())
+    try:
+        messages = until(server, lambda seen: finished(seen) >= 2)
+    finally:
+        spoke.stop()
+    sent = b"".join(m.encode(x) for x in messages + inbox(server)).decode()
+    for person in [*PEOPLE, ONE_TIMEPOINT]:
+        for value in [person.patient_id, "Moreau", "Claire", "Okafor", person.accession,
+                      person.institution, person.birth_date, "20190402", "20200415"]:  # fmt: skip
+            assert value not in sent
+
+
+def test_a_redelivered_order_plans_nothing_twice(site: Path) -> None:
+    server = InMemoryBroker()
+    spoke = run_spoke(site, server, FakeEngine(write_score), order(), order())
+    try:
+        messages = until(server, lambda seen: finished(seen) >= 2)
+        time.sleep(0.3)  # give a wrongly re-planned second round the chance to show itself
+    finally:
+        spoke.stop()
+    results = [x for x in messages + inbox(server) if isinstance(x, m.CaseResult)]
+    assert len(results) == 2
+
+
+def test_bad_orders_go_to_the_dead_letter_queue_and_work_continues(site: Path) -> None:
+    server = InMemoryBroker()
+    tampered = json.loads(order())
+    tampered["manifest"]["timeout_s"] = 5.0  # the hash no longer matches
+    bad = [b"{not json", order(spoke_id="site-02"), json.dumps(tampered).encode()]
+    spoke = run_spoke(site, server, FakeEngine(write_score), *bad, order())
+    try:
+        messages = until(server, lambda seen: finished(seen) >= 2)
+    finally:
+        spoke.stop()
+    assert server.depth(DEAD_LETTER_QUEUE) == 3
+    assert len([x for x in messages if isinstance(x, m.CaseResult)]) == 2
+
+
+def test_failures_travel_as_codes_without_logs(site: Path) -> None:
+    def crash(out: Path) -> None:
+        (out / "output.json").write_text("Traceback: secret path /data/MRN-1001")
+
+    server = InMemoryBroker()
+    spoke = run_spoke(site, server, FakeEngine(crash), order())
+    try:
+        messages = until(server, lambda seen: finished(seen) >= 2)
+    finally:
+        spoke.stop()
+    failed = [x for x in messages if isinstance(x, m.CaseStatus) and x.state == "failed"]
+    assert len(failed) == 2
+    assert {f.error.code.value for f in failed if f.error} == {"OUTPUT_INVALID_JSON"}
+    assert b"Traceback" not in b"".join(m.encode(x) for x in messages)
+
+
+def test_no_matching_case_is_reported_as_zero_cases(site: Path) -> None:
+    server = InMemoryBroker()
+    spoke = run_spoke(site, server, FakeEngine(write_score), order(cohort={"min_timepoints": 5}))
+    try:
+        messages = until(server, lambda seen: any(x.type == "experiment.accepted" for x in seen))
+    finally:
+        spoke.stop()
+    accepted = [x for x in messages if isinstance(x, m.ExperimentAccepted)]
+    assert [(a.participants, a.cases) for a in accepted] == [(0, 0)]
+
+
+def test_a_cancelled_experiment_runs_no_queued_case(site: Path) -> None:
+    server = InMemoryBroker()
+    hub = server.connect()
+    spokes: list[Spoke] = []
+
+    def slow_until_cancelled(out: Path) -> None:
+        deadline = time.monotonic() + 10
+        while not spokes[0].state.is_cancelled("exp-1") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        write_score(out)
+
+    spoke = Spoke(config(site), server.connect(), FakeEngine(slow_until_cancelled))
+    spokes.append(spoke)
+    spoke.start()
+    hub.send(m.orders_queue("site-01"), order())
+    try:
+        started = until(
+            server, lambda seen: any(getattr(x, "state", "") == "running" for x in seen)
+        )
+        hub.send(
+            m.orders_queue("site-01"),
+            m.encode(m.ExperimentCancel(spoke_id="site-01", experiment_id="exp-1")),
+        )
+        messages = started + until(server, lambda seen: finished(seen) >= 2)
+        time.sleep(0.2)  # let a wrongly started second case show up
+    finally:
+        spoke.stop()
+        hub.close()
+    messages += inbox(server)
+    states = sorted(
+        x.state for x in messages if isinstance(x, m.CaseStatus) and x.state != "queued"
+    )
+    assert states == [
+        "cancelled",
+        "done",
+        "running",
+    ]  # the running case finishes, the queued one never starts
+
+
+def test_an_image_absent_locally_is_pulled_by_digest_and_checked(site: Path) -> None:
+    server = InMemoryBroker()
+    engine = FakeEngine(write_score, local=set())
+    ref = "127.0.0.1:5000/elic/score@sha256:" + "cd" * 32
+    spoke = run_spoke(site, server, engine, order(algorithms=(m.AlgorithmRef(
+        name="score", version="1", image=ref, digest=IMAGE_ID),)))  # fmt: skip
+    try:
+        messages = until(server, lambda seen: finished(seen) >= 2)
+    finally:
+        spoke.stop()
+    assert engine.pulled == [ref]
+    assert len([x for x in messages if isinstance(x, m.CaseResult)]) == 2
+
+
+def test_a_swapped_image_fails_every_case_before_running(site: Path) -> None:
+    server = InMemoryBroker()
+    engine = FakeEngine(write_score)
+    swapped = m.AlgorithmRef(
+        name="score", version="1", image="elic/score:1", digest="sha256:" + "0" * 64
+    )
+    spoke = run_spoke(site, server, engine, order(algorithms=(swapped,)))
+    try:
+        messages = until(server, lambda seen: finished(seen) >= 2)
+    finally:
+        spoke.stop()
+    failed = [x for x in messages if isinstance(x, m.CaseStatus) and x.state == "failed"]
+    assert [f.error.code.value for f in failed if f.error] == ["IMAGE_NOT_FOUND"] * 2
+    assert engine.specs == []
+
+
+def test_cases_interrupted_by_a_crash_run_again_on_restart(site: Path) -> None:
+    server = InMemoryBroker()
+    first = Spoke(config(site), server.connect(), FakeEngine(write_score))
+    first.catalog.index(site / "dicom")
+    first.state.store_order("exp-1", m.manifest_hash(m.parse_message(order()).manifest), order())  # type: ignore[union-attr]
+    first._plan(m.parse_message(order()))  # type: ignore[arg-type]
+    first.state.claim_next(lambda c: [])  # a case was running when the process died
+    first.state.close()
+    first.catalog.close()
+    spoke = Spoke(config(site), server.connect(), FakeEngine(write_score))
+    spoke.start()
+    try:
+        messages = until(server, lambda seen: finished(seen) >= 2)
+    finally:
+        spoke.stop()
+    results = [x for x in messages if isinstance(x, m.CaseResult)]
+    assert len(results) == 2
+    assert {r.attempt for r in results} == {1}

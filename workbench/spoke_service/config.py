@@ -1,0 +1,103 @@
+"""A spoke's settings, read from one TOML file (``workbench spoke serve --config FILE``).
+
+::
+
+    spoke_id = "site-01"
+    state_dir = "/var/lib/elic/site-01"        # catalog, state, secret, work, logs
+    dicom_dir = "/data/dicom"                 # indexed at start
+    broker = ["stomp://127.0.0.1:61613"]      # tried in order, for failover
+    reference_csv = "/data/reference.csv"     # optional site-local reference standard
+    concurrency = 1                           # cases run at once
+    heartbeat_s = 30
+    max_timeout_s = 3600                      # ceilings an order cannot exceed
+    max_memory = "4g"
+
+Relative paths are relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import ConfigError
+from workbench.spoke_service.sandbox import parse_size
+
+_SPOKE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class SpokeConfig:
+    """Everything a spoke process needs to know about its site."""
+
+    spoke_id: str
+    state_dir: Path
+    dicom_dir: Path
+    broker: tuple[str, ...]
+    reference_csv: Path | None = None
+    concurrency: int = 1
+    heartbeat_s: float = 30.0
+    max_timeout_s: float = 3600.0
+    max_memory_bytes: int = 4 * 1024**3
+
+    def __post_init__(self) -> None:
+        if not _SPOKE_ID.match(self.spoke_id):
+            raise ConfigError(f"spoke_id {self.spoke_id!r}: use lower-case letters, digits, '-'")
+        if not self.broker:
+            raise ConfigError("give at least one broker URL")
+        if self.concurrency < 1 or self.heartbeat_s <= 0:
+            raise ConfigError("concurrency and heartbeat_s must be positive")
+
+    @classmethod
+    def from_file(cls, path: Path) -> SpokeConfig:
+        """Read a TOML config file."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read the spoke config {path}: {e}") from e
+        return cls.from_dict(data, base=path.parent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> SpokeConfig:
+        """Build from parsed settings; unknown keys are an error (typos must not pass)."""
+        known = {"spoke_id", "state_dir", "dicom_dir", "broker", "reference_csv",
+                 "concurrency", "heartbeat_s", "max_timeout_s", "max_memory"}  # fmt: skip
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown spoke settings: {', '.join(sorted(unknown))}")
+        missing = {"spoke_id", "state_dir", "dicom_dir", "broker"} - set(data)
+        if missing:
+            raise ConfigError(f"missing spoke settings: {', '.join(sorted(missing))}")
+        broker = data["broker"]
+        try:
+            return cls(
+                spoke_id=str(data["spoke_id"]),
+                state_dir=base / str(data["state_dir"]),
+                dicom_dir=base / str(data["dicom_dir"]),
+                broker=(broker,) if isinstance(broker, str) else tuple(map(str, broker)),
+                reference_csv=base / data["reference_csv"] if data.get("reference_csv") else None,
+                concurrency=int(data.get("concurrency", 1)),
+                heartbeat_s=float(data.get("heartbeat_s", 30.0)),
+                max_timeout_s=float(data.get("max_timeout_s", 3600.0)),
+                max_memory_bytes=parse_size(str(data.get("max_memory", "4g"))),
+            )
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"invalid spoke setting: {e}") from e
+
+    @property
+    def catalog_path(self) -> Path:
+        """The DICOM catalog."""
+        return self.state_dir / "catalog.sqlite"
+
+    @property
+    def state_path(self) -> Path:
+        """Orders, cases and the outbox."""
+        return self.state_dir / "state.sqlite"
+
+    @property
+    def secret_path(self) -> Path:
+        """The pseudonym secret (made on first start, mode 0600)."""
+        return self.state_dir / "pseudonym.key"

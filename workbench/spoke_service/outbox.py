@@ -1,0 +1,77 @@
+"""The outbox sender: sends queued messages until the broker confirms each one.
+
+Messages are written to the spoke's database first (in the same transaction as the state
+change they announce); this thread sends them in order and marks each sent only after the
+broker's receipt. If the broker is down, it waits with capped exponential backoff and
+tries again: nothing is lost, and a message sent twice after a crash between the receipt
+and the mark is deduplicated by the hub on its natural key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from workbench.spoke_service.state import SpokeState
+from workbench.transport.base import Broker, TransportError
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_MIN_S = 0.2
+_BACKOFF_MAX_S = 10.0
+
+
+class OutboxSender:
+    """A background thread draining the outbox into the broker."""
+
+    def __init__(self, state: SpokeState, broker: Broker) -> None:
+        self._state = state
+        self._broker = broker
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+
+    def start(self) -> None:
+        """Start sending."""
+        self._thread.start()
+
+    def notify(self) -> None:
+        """New messages were queued."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the message in flight."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (or ``timeout``); returns whether it is."""
+        deadline = time.monotonic() + timeout
+        while self._state.pending(limit=1):
+            if time.monotonic() > deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.05)
+        return True
+
+    def _run(self) -> None:
+        backoff = _BACKOFF_MIN_S
+        while not self._stop.is_set():
+            self._wake.clear()
+            batch = self._state.pending()
+            if not batch:
+                self._wake.wait(1.0)
+                continue
+            try:
+                for item in batch:
+                    if self._stop.is_set():
+                        return
+                    self._broker.send(item.destination, item.body)
+                    self._state.mark_sent(item.seq)
+                backoff = _BACKOFF_MIN_S
+            except TransportError as e:
+                log.warning("outbox: broker unavailable (%s); retrying in %.1f s", e, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)

@@ -1,0 +1,340 @@
+"""The spoke process: orders in, sandboxed runs, results out, through the broker.
+
+Threads, each with one job:
+
+- the broker's delivery thread runs ``_on_order``: parse, check, store the order durably,
+  plan its cases (and the messages announcing them) in one transaction, then ack;
+- ``concurrency`` worker threads claim queued cases one at a time and run them;
+- the outbox thread sends queued messages until the broker confirms each;
+- the heartbeat thread queues a ``spoke.heartbeat`` every ``heartbeat_s``.
+
+Nothing that leaves holds an identifier: cases are named by pseudonym, failures by a code
+from the fixed table, and the reference standard is reduced to the numbers a study asks for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from workbench.core import messages as m
+from workbench.core.cohort import matches
+from workbench.core.participant import build_case
+from workbench.core.pseudonym import Pseudonymizer
+from workbench.core.run_errors import Error, RunErrorCode
+from workbench.errors import CaseError, EngineError
+from workbench.spoke_service.catalog import Catalog
+from workbench.spoke_service.config import SpokeConfig
+from workbench.spoke_service.engine import ContainerEngine
+from workbench.spoke_service.outbox import OutboxSender
+from workbench.spoke_service.reference import SiteReference
+from workbench.spoke_service.runner import CaseRunner, RunResult
+from workbench.spoke_service.sandbox import Limits
+from workbench.spoke_service.state import CaseRow, SpokeState
+from workbench.transport.base import Broker, Delivery, Subscription
+
+log = logging.getLogger(__name__)
+
+Outgoing = list[tuple[str, bytes]]
+
+
+class Spoke:
+    """One institution's spoke. ``start()`` connects and works until ``stop()``."""
+
+    def __init__(
+        self,
+        config: SpokeConfig,
+        broker: Broker,
+        engine: ContainerEngine,
+        reference: SiteReference | None = None,
+    ) -> None:
+        self.config = config
+        self._broker = broker
+        self._engine = engine
+        self._reference = reference or (
+            SiteReference.from_csv(config.reference_csv)
+            if config.reference_csv
+            else SiteReference.empty()
+        )
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state = SpokeState(config.state_path)
+        self.catalog = Catalog.open(config.catalog_path)
+        self._pseudonymizer = Pseudonymizer(_secret(config))
+        self._runner = CaseRunner(engine, config.state_dir / "work", config.state_dir / "logs")
+        self._outbox = OutboxSender(self.state, broker)
+        self._work = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._subscription: Subscription | None = None
+        self._verified: dict[str, str] = {}
+        self._image_lock = threading.Lock()
+
+    # life cycle -------------------------------------------------------------------------
+
+    def start(self, index: bool = True) -> None:
+        """Index the DICOM, recover interrupted work, subscribe and start working."""
+        if index:
+            report = self.catalog.index(self.config.dicom_dir, workers=os.cpu_count() or 1)
+            log.info("catalog: %d new, %d problems", report.indexed, report.problem_count)
+        requeued = self.state.requeue_interrupted()
+        if requeued:
+            log.warning("re-running %d cases interrupted by the last shutdown", requeued)
+        self._announce_catalog()
+        self._outbox.start()
+        for n in range(self.config.concurrency):
+            self._spawn(self._work_loop, f"worker-{n}")
+        self._spawn(self._heartbeat_loop, "heartbeat")
+        self._subscription = self._broker.subscribe(
+            m.orders_queue(self.config.spoke_id), self._on_order, prefetch=1
+        )
+        self._work.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking orders, let running cases finish, flush the outbox, disconnect."""
+        self._stopping.set()
+        self._work.set()
+        if self._subscription is not None:
+            self._subscription.cancel()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._outbox.flush(timeout=5.0)
+        self._outbox.stop()
+        self._broker.close()
+        self.state.close()
+        self.catalog.close()
+
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # orders -----------------------------------------------------------------------------
+
+    def _on_order(self, delivery: Delivery) -> None:
+        try:
+            message = m.parse_message(delivery.body)
+        except m.MessageError as e:
+            log.error("rejected a malformed order message: %s", e)
+            delivery.reject()
+            return
+        if getattr(message, "spoke_id", None) != self.config.spoke_id:
+            log.error("rejected a %s addressed to another spoke", message.type)
+            delivery.reject()
+            return
+        if isinstance(message, m.ExperimentOrder):
+            if m.manifest_hash(message.manifest) != message.manifest_hash:
+                log.error("rejected order %s: manifest hash mismatch", message.id)
+                delivery.reject()
+                return
+            self.state.store_order(
+                message.manifest.experiment_id, message.manifest_hash, delivery.body
+            )
+            self._plan(message)
+        elif isinstance(message, m.ExperimentCancel):
+            self._cancel(message.experiment_id)
+        else:
+            log.error("rejected a %s on the orders queue", message.type)
+            delivery.reject()
+            return
+        delivery.ack()
+        self._outbox.notify()
+        self._work.set()
+
+    def _plan(self, order: m.ExperimentOrder) -> None:
+        manifest = order.manifest
+        rows: list[CaseRow] = []
+        outgoing: Outgoing = []
+        participants = 0
+        for patient_id in self.catalog.patient_ids():
+            try:
+                case = build_case(
+                    self.catalog.participant_headers(patient_id),
+                    self._pseudonymizer,
+                    self.config.spoke_id,
+                )
+            except CaseError as e:
+                log.warning("participant skipped: %s", e.detail)
+                continue
+            if not matches(case.document, manifest.cohort):
+                continue
+            participants += 1
+            for algorithm in manifest.algorithms:
+                row = CaseRow(
+                    manifest.experiment_id, case.participant_id, algorithm.name, 1,
+                    patient_id, "queued",
+                )  # fmt: skip
+                rows.append(row)
+                outgoing.append(self._status(row, "queued"))
+        accepted = m.ExperimentAccepted(
+            spoke_id=self.config.spoke_id,
+            experiment_id=manifest.experiment_id,
+            participants=participants,
+            cases=len(rows),
+        )
+        self.state.add_cases(rows, [(m.HUB_INBOX, m.encode(accepted)), *outgoing])
+        if not rows:
+            # add_cases queues nothing when nothing is new: say so explicitly.
+            self.state.enqueue([(m.HUB_INBOX, m.encode(accepted))])
+            log.warning("experiment %s: no case matches its cohort", manifest.experiment_id)
+
+    def _cancel(self, experiment_id: str) -> None:
+        queued = self.state.cases(state="queued", experiment_id=experiment_id)
+        messages = {
+            f"{c.participant_id}|{c.algorithm}|{c.attempt}": [self._status(c, "cancelled")]
+            for c in queued
+        }
+        n = self.state.cancel(experiment_id, messages)
+        log.info("experiment %s cancelled: %d queued cases dropped", experiment_id, n)
+
+    # work -------------------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        while not self._stopping.is_set():
+            case = self.state.claim_next(lambda c: [self._status(c, "running")])
+            if case is None:
+                self._work.wait(1.0)
+                self._work.clear()
+                continue
+            self._outbox.notify()
+            self.state.set_case_state(case, *self._execute(case))
+            self._outbox.notify()
+
+    def _execute(self, case: CaseRow) -> tuple[str, Outgoing, str | None]:
+        """Run one case; returns its final state, the messages to send and an error code."""
+        order = m.parse_message(self.state.order_body(case.experiment_id) or b"")
+        assert isinstance(order, m.ExperimentOrder)
+        if self.state.is_cancelled(case.experiment_id):
+            return "cancelled", [self._status(case, "cancelled")], None
+        manifest = order.manifest
+        algorithm = next(a for a in manifest.algorithms if a.name == case.algorithm)
+        try:
+            image_id = self._verified_image(algorithm)
+            built = build_case(
+                self.catalog.participant_headers(case.patient_id),
+                self._pseudonymizer,
+                self.config.spoke_id,
+            )
+            limits = Limits(
+                timeout_s=min(manifest.timeout_s, self.config.max_timeout_s),
+                memory_bytes=min(manifest.memory_bytes, self.config.max_memory_bytes),
+            )
+            result = self._runner.run(built, image_id, algorithm.args, limits)
+        except (EngineError, CaseError) as e:
+            log.error("case %s/%s failed: %s", case.participant_id, case.algorithm, e.detail)
+            return "failed", [self._status(case, "failed", Error.of(e.code))], e.code.value
+        except Exception:
+            log.exception("case %s/%s failed inside the spoke", case.participant_id, case.algorithm)
+            error = Error.of(RunErrorCode.INTERNAL)
+            return "failed", [self._status(case, "failed", error)], error.code.value
+        if result.error is not None:
+            log.warning("case %s/%s: %s (%s; log %s)", case.participant_id, case.algorithm,
+                        result.error.code.value, result.detail, result.log_path)  # fmt: skip
+            return "failed", [self._status(case, "failed", result.error)], result.error.code.value
+        message = self._result(case, order, image_id, result)
+        return "done", [(m.HUB_INBOX, m.encode(message)), self._status(case, "done")], None
+
+    def _verified_image(self, algorithm: m.AlgorithmRef) -> str:
+        """The local image id of ``algorithm``, pulled by digest if needed and checked."""
+        with self._image_lock:
+            if algorithm.digest in self._verified:
+                return self._verified[algorithm.digest]
+            try:
+                info = self._engine.image(algorithm.image)
+            except EngineError as e:
+                if e.code is not RunErrorCode.IMAGE_NOT_FOUND or "@" not in algorithm.image:
+                    raise
+                info = self._engine.pull(algorithm.image)
+            if info.id != algorithm.digest:
+                raise EngineError(
+                    RunErrorCode.IMAGE_NOT_FOUND,
+                    f"{algorithm.image} is {info.id}, not the ordered {algorithm.digest}",
+                )
+            self._verified[algorithm.digest] = info.id
+            return info.id
+
+    def _result(
+        self, case: CaseRow, order: m.ExperimentOrder, image_id: str, result: RunResult
+    ) -> m.CaseResult:
+        assert result.output is not None and result.output_bytes is not None
+        return m.CaseResult(
+            experiment_id=case.experiment_id,
+            spoke_id=self.config.spoke_id,
+            participant_id=case.participant_id,
+            algorithm=case.algorithm,
+            attempt=case.attempt,
+            manifest_hash=order.manifest_hash,
+            image_digest=image_id,
+            output=result.output,
+            output_sha256=hashlib.sha256(result.output_bytes).hexdigest(),
+            reference=self._reference.for_patient(case.patient_id, order.manifest.reference_fields),
+            seconds=round(result.seconds, 3),
+        )
+
+    def _status(self, case: CaseRow, state: str, error: Error | None = None) -> tuple[str, bytes]:
+        status = m.CaseStatus(
+            experiment_id=case.experiment_id,
+            spoke_id=self.config.spoke_id,
+            participant_id=case.participant_id,
+            algorithm=case.algorithm,
+            attempt=case.attempt,
+            state=state,  # type: ignore[arg-type]
+            error=m.ErrorInfo(code=error.code, reason=error.reason) if error else None,
+        )
+        return (m.HUB_INBOX, m.encode(status))
+
+    # announcements ----------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.is_set():
+            counts = self.state.counts()
+            beat = m.SpokeHeartbeat(
+                spoke_id=self.config.spoke_id,
+                sent_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                queued=counts.get("queued", 0),
+                running=counts.get("running", 0),
+                participants=self.catalog.counts().participants,
+            )
+            self.state.enqueue([(m.HUB_INBOX, m.encode(beat))])
+            self._outbox.notify()
+            self._stopping.wait(self.config.heartbeat_s)
+
+    def _announce_catalog(self) -> None:
+        counts = self.catalog.counts()
+        summary = self.catalog.acquisition_summary()
+        manifest = m.ParticipantManifest(
+            spoke_id=self.config.spoke_id,
+            participants=counts.participants,
+            series=counts.series,
+            instances=counts.instances,
+            acquisition=summary,
+        )
+        fingerprint = hashlib.sha256(
+            json.dumps([counts.instances, counts.series, summary], sort_keys=True).encode()
+        ).hexdigest()
+        if self.state.get_setting("manifest") != fingerprint:
+            self.state.enqueue([(m.HUB_INBOX, m.encode(manifest))])
+            self.state.set_setting("manifest", fingerprint)
+
+    # numbers ----------------------------------------------------------------------------
+
+    def idle(self) -> bool:
+        """No case queued or running and nothing waiting in the outbox."""
+        counts = self.state.counts()
+        busy = counts.get("queued", 0) + counts.get("running", 0)
+        return busy == 0 and not self.state.pending(limit=1)
+
+
+def _secret(config: SpokeConfig) -> bytes:
+    """The spoke's pseudonym secret; made (mode 0600) on first start."""
+    path = config.secret_path
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())

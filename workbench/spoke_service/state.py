@@ -1,0 +1,267 @@
+"""The spoke's durable state: orders, cases and the outbox, in one local SQLite file.
+
+One database, so that a case's state change and the message announcing it are written in
+the same transaction (a transactional outbox): after a crash, either both happened or
+neither did. An order is stored before it is acknowledged to the broker; a case moves
+``queued -> running -> done | failed | cancelled``; on restart ``running`` cases go back to
+``queued`` and run again under the same attempt number, so the hub, which deduplicates on
+the natural key, never counts them twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    experiment_id TEXT PRIMARY KEY, manifest_hash TEXT NOT NULL, body BLOB NOT NULL,
+    received_at REAL NOT NULL, cancelled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS cases (
+    experiment_id TEXT NOT NULL, participant_id TEXT NOT NULL, algorithm TEXT NOT NULL,
+    attempt INTEGER NOT NULL, patient_id TEXT NOT NULL, state TEXT NOT NULL,
+    error_code TEXT, updated_at REAL NOT NULL,
+    PRIMARY KEY (experiment_id, participant_id, algorithm, attempt)
+);
+CREATE INDEX IF NOT EXISTS cases_state ON cases (state);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL, body BLOB NOT NULL,
+    created_at REAL NOT NULL, sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sent_at) WHERE sent_at IS NULL;
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+ACTIVE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    """One case of one experiment at this spoke."""
+
+    experiment_id: str
+    participant_id: str
+    algorithm: str
+    attempt: int
+    patient_id: str
+    state: str
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A message waiting to be sent."""
+
+    seq: int
+    destination: str
+    body: bytes
+
+
+class SpokeState:
+    """The spoke's local database; safe to share between the spoke's threads."""
+
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit of work (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # orders -------------------------------------------------------------------------------
+
+    def store_order(self, experiment_id: str, manifest_hash: str, body: bytes) -> bool:
+        """Store an order durably; ``False`` if this experiment's order was already stored."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO orders VALUES (?, ?, ?, ?, 0)",
+                (experiment_id, manifest_hash, body, time.time()),
+            )
+            return cursor.rowcount == 1
+
+    def order_body(self, experiment_id: str) -> bytes | None:
+        """The stored order's message bytes."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM orders WHERE experiment_id = ?", (experiment_id,)
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def is_cancelled(self, experiment_id: str) -> bool:
+        """Whether the hub cancelled this experiment."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT cancelled FROM orders WHERE experiment_id = ?", (experiment_id,)
+            ).fetchone()
+        return bool(row and row[0])
+
+    # cases --------------------------------------------------------------------------------
+
+    def add_cases(self, rows: list[CaseRow], messages: list[tuple[str, bytes]]) -> int:
+        """Insert new cases and their announcements atomically; returns how many were new."""
+        with self.transaction() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO cases VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                [(r.experiment_id, r.participant_id, r.algorithm, r.attempt, r.patient_id,
+                  r.state, time.time()) for r in rows],
+            )  # fmt: skip
+            added = db.total_changes - before
+            if added:
+                _enqueue(db, messages)
+            return added
+
+    def set_case_state(
+        self,
+        case: CaseRow,
+        state: str,
+        messages: list[tuple[str, bytes]],
+        error_code: str | None = None,
+    ) -> None:
+        """Move a case to ``state`` and queue ``messages`` in the same transaction."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE cases SET state = ?, error_code = ?, updated_at = ? WHERE experiment_id = ?"
+                " AND participant_id = ? AND algorithm = ? AND attempt = ?",
+                (state, error_code, time.time(), case.experiment_id, case.participant_id,
+                 case.algorithm, case.attempt),
+            )  # fmt: skip
+            _enqueue(db, messages)
+
+    def cancel(self, experiment_id: str, messages_for: dict[str, list[tuple[str, bytes]]]) -> int:
+        """Mark the experiment cancelled and its queued cases ``cancelled``; returns how many."""
+        with self.transaction() as db:
+            db.execute("UPDATE orders SET cancelled = 1 WHERE experiment_id = ?", (experiment_id,))
+            rows = db.execute(
+                "SELECT participant_id, algorithm, attempt FROM cases"
+                " WHERE experiment_id = ? AND state = 'queued'",
+                (experiment_id,),
+            ).fetchall()
+            db.execute(
+                "UPDATE cases SET state = 'cancelled', updated_at = ?"
+                " WHERE experiment_id = ? AND state = 'queued'",
+                (time.time(), experiment_id),
+            )
+            for participant_id, algorithm, attempt in rows:
+                _enqueue(db, messages_for.get(f"{participant_id}|{algorithm}|{attempt}", []))
+            return len(rows)
+
+    def cases(self, state: str | None = None, experiment_id: str | None = None) -> list[CaseRow]:
+        """Cases, optionally only those in ``state`` or of one experiment, in a stable order."""
+        query = "SELECT experiment_id, participant_id, algorithm, attempt, patient_id, state"
+        query += " FROM cases WHERE 1=1"
+        params: list[str] = []
+        if state is not None:
+            query += " AND state = ?"
+            params.append(state)
+        if experiment_id is not None:
+            query += " AND experiment_id = ?"
+            params.append(experiment_id)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY rowid", params).fetchall()
+        return [CaseRow(*r) for r in rows]
+
+    def claim_next(self, announce: Callable[[CaseRow], list[tuple[str, bytes]]]) -> CaseRow | None:
+        """Atomically take the oldest queued case, mark it ``running`` and queue ``announce``."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT experiment_id, participant_id, algorithm, attempt, patient_id, state"
+                " FROM cases WHERE state = 'queued' ORDER BY rowid LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            experiment_id, participant_id, algorithm, attempt, patient_id, _ = row
+            case = CaseRow(experiment_id, participant_id, algorithm, attempt, patient_id, "running")
+            db.execute(
+                "UPDATE cases SET state = 'running', updated_at = ? WHERE experiment_id = ?"
+                " AND participant_id = ? AND algorithm = ? AND attempt = ?",
+                (time.time(), case.experiment_id, case.participant_id, case.algorithm,
+                 case.attempt),
+            )  # fmt: skip
+            _enqueue(db, announce(case))
+            return case
+
+    def requeue_interrupted(self) -> int:
+        """After a restart: cases left ``running`` go back to ``queued``; returns how many."""
+        with self.transaction() as db:
+            return db.execute("UPDATE cases SET state = 'queued' WHERE state = 'running'").rowcount
+
+    def counts(self) -> dict[str, int]:
+        """How many cases are in each state."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, count(*) FROM cases GROUP BY state")
+            return dict(rows.fetchall())
+
+    # outbox -------------------------------------------------------------------------------
+
+    def enqueue(self, messages: list[tuple[str, bytes]]) -> None:
+        """Queue messages for sending on their own (heartbeats, manifests)."""
+        with self.transaction() as db:
+            _enqueue(db, messages)
+
+    def pending(self, limit: int = 100) -> list[OutboxItem]:
+        """The oldest messages not yet confirmed by the broker."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, destination, body FROM outbox WHERE sent_at IS NULL"
+                " ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [OutboxItem(seq, dest, bytes(body)) for seq, dest, body in rows]
+
+    def mark_sent(self, seq: int) -> None:
+        """The broker confirmed this message."""
+        with self.transaction() as db:
+            db.execute("UPDATE outbox SET sent_at = ? WHERE seq = ?", (time.time(), seq))
+
+    def sent_bytes(self) -> int:
+        """Every byte this spoke has sent (message bodies)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT coalesce(sum(length(body)), 0) FROM outbox WHERE sent_at IS NOT NULL"
+            ).fetchone()
+        return int(row[0])
+
+    # settings -----------------------------------------------------------------------------
+
+    def get_setting(self, key: str) -> str | None:
+        """A small persistent value (e.g. the hash of the last manifest sent)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        """Store a small persistent value."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
+
+
+def _enqueue(db: sqlite3.Connection, messages: list[tuple[str, bytes]]) -> None:
+    now = time.time()
+    db.executemany(
+        "INSERT INTO outbox (destination, body, created_at) VALUES (?, ?, ?)",
+        [(dest, body, now) for dest, body in messages],
+    )
