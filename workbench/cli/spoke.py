@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from workbench.cli.common import Sub, counter, group, positive_int
+from workbench.cli.common import Sub, counter, group, positive_int, say
 
 
 def register(sub: Sub) -> None:
@@ -29,6 +29,17 @@ def register(sub: Sub) -> None:
     p.add_argument("--show-problems", action="store_true", help="list every skipped file")
     p.set_defaults(handler=_spoke_index)
 
+    p = spoke.add_parser(
+        "serve",
+        help="run a spoke: take orders from the broker, run cases, send results",
+        description="Run this institution's spoke until SIGINT or SIGTERM: index the DICOM "
+        "folder, listen on the spoke's orders queue, run each order's cases in the sandbox and "
+        "send only status events, results (output.json) and heartbeats to the hub. Settings "
+        "come from a TOML file (see workbench/spoke_service/config.py for every key).",
+    )
+    p.add_argument("--config", type=Path, required=True, help="the spoke's TOML settings")
+    p.set_defaults(handler=_spoke_serve)
+
 
 def _spoke_index(ns: argparse.Namespace) -> int:
     from workbench.spoke_service.catalog import Catalog
@@ -49,4 +60,27 @@ def _spoke_index(ns: argparse.Namespace) -> int:
     )
     for path, kind, detail in problems:
         print(f"  {kind}\t{path}\t{detail}")
+    return 0
+
+
+def _spoke_serve(ns: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from workbench.spoke_service.config import SpokeConfig
+    from workbench.spoke_service.engine import DockerEngine
+    from workbench.spoke_service.service import Spoke
+    from workbench.transport.factory import connect
+
+    config = SpokeConfig.from_file(ns.config)
+    engine = DockerEngine.from_env()
+    spoke = Spoke(config, connect(config.broker), engine)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    spoke.start()
+    say(f"spoke {config.spoke_id} serving; catalog {config.catalog_path}")
+    stop.wait()
+    say(f"spoke {config.spoke_id} stopping")
+    spoke.stop()
     return 0
