@@ -10,7 +10,16 @@
      │                          (carries a RunErrorCode: INPUT_EMPTY, INPUT_MIXED_PARTICIPANTS)
      ├── EngineError            the container engine is missing or refused a request
      │                          (carries a RunErrorCode: ENGINE_UNAVAILABLE, IMAGE_NOT_FOUND, ...)
-     └── SynthError             the synthetic cohort generator was given impossible settings
+     ├── SynthError             the synthetic cohort generator was given impossible settings
+     ├── ReportError            a validation report cannot be rendered (no results yet, a
+     │                          template cell failed: carries ``cell_index``)
+     └── HubError               the hub refused or failed a request (carries ``code``, a short
+          │                     stable string, and ``status``, the HTTP status the API answers)
+          ├── BadRequestError   400: an invalid body, argument or study definition
+          ├── NotFoundError     404: unknown experiment, algorithm, study or spoke
+          ├── ConflictError     409: a name and version registered with another digest, ...
+          ├── StoreError        503: the results store failed (``transient``: worth retrying)
+          └── HubUnreachableError  the hub client cannot reach the hub at all
 
 A failed *algorithm run* is not an exception: the runner returns a ``RunResult`` whose
 ``error`` is an ``Error(code, reason)`` from the fixed table in ``workbench.core.run_errors``,
@@ -44,6 +53,19 @@ class SynthError(WorkbenchError):
     """The synthetic cohort generator cannot satisfy its settings."""
 
 
+class ReportError(WorkbenchError):
+    """A validation report cannot be rendered.
+
+    ``cell_index`` is the index of the template cell that failed when the notebook ran
+    (papermill's ``PapermillExecutionError.cell_index``), ``None`` when it failed before or
+    after running any cell.
+    """
+
+    def __init__(self, message: str, cell_index: int | None = None) -> None:
+        super().__init__(message)
+        self.cell_index = cell_index
+
+
 class _CodedError(WorkbenchError):
     """An error that maps onto one entry of the fixed run-error table."""
 
@@ -59,3 +81,59 @@ class CaseError(_CodedError):
 
 class EngineError(_CodedError):
     """The container engine is unreachable, or refused to create or start a container."""
+
+
+class HubError(WorkbenchError):
+    """The hub refused or failed a request.
+
+    ``code`` is a short stable string (``unknown_experiment``, ``bad_request``, ...) that the
+    HTTP API puts in its error body; ``status`` is the HTTP status it answers with. The hub
+    client raises the same class, with the server's code and message, on the other side.
+    """
+
+    status = 500
+    default_code = "hub_error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+
+
+class BadRequestError(HubError):
+    """A request body, argument or study definition is invalid."""
+
+    status = 400
+    default_code = "bad_request"
+
+
+class NotFoundError(HubError):
+    """An experiment, algorithm, study or spoke the hub does not know."""
+
+    status = 404
+    default_code = "not_found"
+
+
+class ConflictError(HubError):
+    """The request contradicts what the hub already holds."""
+
+    status = 409
+    default_code = "conflict"
+
+
+class StoreError(HubError):
+    """The results store failed; ``transient`` failures (a lost connection) are retried."""
+
+    status = 503
+    default_code = "store_error"
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class HubUnreachableError(HubError):
+    """The hub client cannot connect to the hub."""
+
+    status = 503
+    default_code = "hub_unreachable"

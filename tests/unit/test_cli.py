@@ -14,7 +14,7 @@ from workbench.errors import ConfigError
 @pytest.mark.parametrize(
     "command",
     [[], ["images", "build-base"], ["images", "build-algorithms"], ["synth"], ["spoke", "index"],
-     ["algorithm", "run-local"], ["demo"]],
+     ["algorithm", "run-local"], ["demo"], ["report"], ["spoke", "serve"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:

@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from workbench import __version__
-from workbench.cli import algorithm, demo, images, spoke, synth
+from workbench.cli import algorithm, broker, demo, experiment, hub, images, report, spoke, synth
 from workbench.errors import WorkbenchError
 
-AREAS = (images, synth, spoke, algorithm, demo)
+AREAS = (images, synth, spoke, algorithm, demo, report, hub, experiment, broker)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
