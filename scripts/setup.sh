@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the workbench needs on a Debian machine, idempotently:
-#   apt packages (Docker Engine, debootstrap, venv), the Docker daemon, the virtual
+#   apt packages (Docker Engine, debootstrap, ActiveMQ, Docker Distribution, venv), the
+#   Docker daemon, the virtual
 #   environment in .venv with the project and its developer tools, and the images
 #   (the offline Debian base image and the reference algorithms).
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again at any time.
@@ -17,7 +18,7 @@ as_root() {
 }
 
 install_apt_packages() {
-    local wanted=(docker.io debootstrap tar util-linux ca-certificates)
+    local wanted=(docker.io debootstrap tar util-linux ca-certificates activemq docker-registry)
     python3 -c 'import venv, ensurepip' 2>/dev/null || wanted+=(python3-venv)
     local missing=()
     for pkg in "${wanted[@]}"; do
