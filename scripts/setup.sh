@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything the workbench needs on a Debian machine, idempotently:
 #   apt packages (Docker Engine, debootstrap, ActiveMQ, Docker Distribution, venv), the
-#   Docker daemon, the virtual
-#   environment in .venv with the project and its developer tools, and the images
-#   (the offline Debian base image and the reference algorithms).
-# Sourced by scripts/demo.sh and scripts/test.sh; safe to run again at any time.
+#   Docker daemon, the virtual environment in .venv with the project and its developer
+#   tools, and the images (the offline Debian base image and the reference algorithms).
+# Run by scripts/demo.sh and scripts/test.sh; safe to run again at any time.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
