@@ -17,7 +17,7 @@ as_root() {
 }
 
 install_apt_packages() {
-    local wanted=(docker.io debootstrap tar util-linux ca-certificates activemq docker-registry)
+    local wanted=(docker.io debootstrap tar util-linux ca-certificates activemq libxstream-java docker-registry)
     python3 -c 'import venv, ensurepip' 2>/dev/null || wanted+=(python3-venv)
     local missing=()
     for pkg in "${wanted[@]}"; do

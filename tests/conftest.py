@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from services import need
 
+pytest_plugins = ["broker_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 
 from workbench.transport.base import DEAD_LETTER_QUEUE, Delivery, Handler, TransportError
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -151,7 +154,12 @@ class InMemoryConnection:
                 _ack=functools.partial(self._settle, sub, stored, None),
                 _reject=functools.partial(self._settle, sub, stored, DEAD_LETTER_QUEUE),
             )
-            sub.handler(delivery)
+            try:
+                sub.handler(delivery)
+            except Exception:
+                # As on a STOMP connection: the message stays unacknowledged (it comes back
+                # after a reconnect) and the connection goes on delivering.
+                _LOG.exception("the handler for %s failed", sub.destination)
 
     def _settle(self, sub: _Sub, stored: _Stored, move_to: str | None) -> None:
         with self._server._lock:

@@ -1,0 +1,118 @@
+"""Broker fixtures (a pytest plugin, loaded by ``conftest.py``).
+
+``activemq`` is one real ActiveMQ for the whole session, started by ``ManagedBroker`` in a
+temporary directory on a free loopback port, and stopped at the end. Where ActiveMQ is not
+installed it skips locally and fails in CI (``need``). Fault tests call ``restart_activemq``
+(a crash and a start on the same port and data) and leave the broker running for the rest.
+
+``Inbox`` collects deliveries on the handler thread and lets the test wait for a condition
+with a deadline instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from services import need
+
+WAIT_S = 20.0
+
+
+@pytest.fixture(scope="session")
+def activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A running ``ManagedBroker`` (skips or fails when ActiveMQ is not installed)."""
+    from workbench.transport.activemq import BrokerError, ManagedBroker
+
+    broker = ManagedBroker.from_env(tmp_path_factory.mktemp("activemq"))
+    try:
+        broker.start()
+    except BrokerError as e:
+        if "not installed" in str(e):
+            need(str(e))
+        raise
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def restart_activemq(activemq: Any) -> Callable[..., None]:
+    """``restart(crash=True)``: kill (or stop) the session broker and start it again."""
+
+    def restart(crash: bool = True) -> None:
+        if crash:
+            activemq.kill()
+        else:
+            activemq.stop()
+        activemq.start()
+
+    return restart
+
+
+class Inbox:
+    """A handler that records deliveries (and optionally acks them); waits with deadlines."""
+
+    def __init__(self, ack: bool = False) -> None:
+        self.deliveries: list[Any] = []
+        self._auto_ack = ack
+        self._cond = threading.Condition()
+
+    def __call__(self, delivery: Any) -> None:
+        if self._auto_ack:
+            delivery.ack()  # before recording: a test that saw it may close the connection
+        with self._cond:
+            self.deliveries.append(delivery)
+            self._cond.notify_all()
+
+    @property
+    def bodies(self) -> list[bytes]:
+        with self._cond:
+            return [d.body for d in self.deliveries]
+
+    def wait_for(
+        self, condition: Callable[[list[Any]], bool], timeout: float = WAIT_S
+    ) -> list[Any]:
+        """Wait until ``condition(deliveries)`` holds; fail the test at the deadline."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not condition(self.deliveries):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    bodies = [d.body for d in self.deliveries][:20]
+                    pytest.fail(f"condition not met in {timeout:g} s; received {bodies}")
+                self._cond.wait(left)
+            return list(self.deliveries)
+
+    def wait_count(self, n: int, timeout: float = WAIT_S) -> list[Any]:
+        return self.wait_for(lambda ds: len(ds) >= n, timeout)
+
+    def wait_body(self, body: bytes, timeout: float = WAIT_S) -> list[Any]:
+        return self.wait_for(lambda ds: any(d.body == body for d in ds), timeout)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S, what: str = "") -> None:
+    """Poll ``condition`` until it holds; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what or 'condition'} not met within {timeout:g} s")
+        time.sleep(0.02)
+
+
+def unique_queue(name: str) -> str:
+    """A queue name no other test uses (the session broker is shared)."""
+    import uuid
+
+    return f"/queue/test.{name}.{uuid.uuid4().hex[:10]}"
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log, for failure messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
