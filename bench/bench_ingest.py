@@ -1,0 +1,150 @@
+"""Hub ingestion of ``case.result`` messages against a raw stomp.py consumer, same run.
+
+One managed ActiveMQ; N identical-in-shape result messages (distinct participants) are
+queued twice: once on a scratch queue that a raw stomp.py consumer drains with
+``ack:client-individual`` and the hub's prefetch, acknowledging each message as it arrives
+(no parsing, no database); once on the hub inbox, which a ``Hub`` drains into its SQLite
+results store (parse and validate, check spoke and experiment, insert idempotently,
+commit, then acknowledge). ``ratio`` is raw time over hub time: 1.0 means ingestion costs
+nothing beyond the transport. Rounds alternate the order; medians are reported.
+
+    .venv/bin/python -m bench.bench_ingest [--messages 5000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.bench_transport import consume_raw, raw_connection
+from workbench.core import messages as m
+from workbench.hub_kernel.service import Hub, default_studies_dir
+from workbench.hub_kernel.store import ResultsStore
+from workbench.hub_kernel.studies import StudyCatalog
+from workbench.transport.activemq import ManagedBroker
+from workbench.transport.stomp_broker import StompBroker
+
+DIGEST = "sha256:" + "e" * 64
+PREFETCH = 200
+
+
+def results(experiment_id: str, manifest_hash: str, n: int) -> list[bytes]:
+    timepoint = {"index": 0, "nodule_volume_mm3": 812.5, "diameter_mm": 11.6}
+    output = {"nodule_found": True, "nodule_volume_mm3": 812.5, "malignancy_score": 0.61,
+              "timepoints": [timepoint]}  # fmt: skip
+    body = json.dumps(output).encode()
+    return [
+        m.encode(
+            m.CaseResult(
+                experiment_id=experiment_id,
+                spoke_id="site-01",
+                participant_id=f"p-{i:016x}",
+                algorithm="nodule-volume",
+                manifest_hash=manifest_hash,
+                image_digest=DIGEST,
+                output=output,
+                output_sha256=hashlib.sha256(body).hexdigest(),
+                reference={"malignant": i % 2, "nodule_volume_mm3_t0": 800.0},
+            )
+        )  # fmt: skip
+        for i in range(n)
+    ]
+
+
+def fill(port: int, queue: str, bodies: list[bytes]) -> None:
+    conn = raw_connection(port)
+    for body in bodies[:-1]:
+        conn.send(queue, body, headers={"persistent": "true"})
+    receipt = uuid.uuid4().hex
+    done: list[str] = []
+
+    class Receipts:
+        def on_receipt(self, frame: object) -> None:
+            done.append(frame.headers["receipt-id"])  # type: ignore[attr-defined]
+
+    conn.set_listener("r", Receipts())
+    conn.send(queue, bodies[-1], headers={"persistent": "true", "receipt": receipt})
+    deadline = time.monotonic() + 60
+    while receipt not in done:
+        if time.monotonic() > deadline:
+            raise TimeoutError("no receipt for the last message")
+        time.sleep(0.005)
+    conn.disconnect()
+
+
+def hub_round(url: str, port: int, workdir: Path, n: int) -> float:
+    store = ResultsStore.open(f"sqlite:///{workdir / f'hub-{uuid.uuid4().hex}.sqlite'}")
+    store.allow_spokes(["site-01"])
+    broker = StompBroker.from_url(url)
+    hub = Hub(store, broker, StudyCatalog(default_studies_dir()), allowed_spokes=["site-01"],
+              prefetch=PREFETCH)  # fmt: skip
+    hub.registry.register({
+        "name": "nodule-volume", "version": "1.0.0", "image": "elic/nodule-volume:1.0.0",
+        "digest": DIGEST, "output_schema": {"type": "object"},
+    })  # fmt: skip
+    status = hub.experiments.launch(
+        {"study": "lung-screening", "algorithms": ["nodule-volume"], "spokes": ["site-01"]}
+    )
+    experiment_id = status.experiment_id
+    fill(port, m.HUB_INBOX, results(experiment_id, status.manifest_hash, n))
+    started = time.perf_counter()
+    hub.start()
+    deadline = time.monotonic() + 300
+    while store.result_count(experiment_id) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"hub ingested {store.result_count(experiment_id)} of {n}")
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    hub.stop()
+    broker.close()
+    store.close()
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    ns = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="elic-bench-ingest-") as tmp:
+        broker = ManagedBroker(Path(tmp) / "broker")
+        status = broker.start()
+        port = status.stomp_port
+        assert port is not None
+        sample = results("exp-x", "0" * 64, ns.messages)
+        raw_times, hub_times = [], []
+        try:
+            for round_no in range(ns.rounds):
+                scratch = f"/queue/bench.raw.{uuid.uuid4().hex}"
+                fill(port, scratch, sample)
+                order = ["raw", "hub"] if round_no % 2 == 0 else ["hub", "raw"]
+                for which in order:
+                    if which == "raw":
+                        raw_times.append(consume_raw(port, scratch, ns.messages, PREFETCH))
+                    else:
+                        hub_times.append(hub_round(broker.stomp_url, port, Path(tmp), ns.messages))
+        finally:
+            broker.stop()
+    raw, hub = statistics.median(raw_times), statistics.median(hub_times)
+    result = {
+        "messages": ns.messages,
+        "bytes_per_message": len(sample[0]),
+        "raw_stomp_msgs_per_s": round(ns.messages / raw),
+        "hub_ingest_msgs_per_s": round(ns.messages / hub),
+        "ratio": round(raw / hub, 2),
+        "target": 0.7,
+    }
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
