@@ -53,7 +53,7 @@ def results(experiment_id: str, manifest_hash: str, n: int) -> list[bytes]:
                 output_sha256=hashlib.sha256(body).hexdigest(),
                 reference={"malignant": i % 2, "nodule_volume_mm3_t0": 800.0},
             )
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
 
