@@ -64,14 +64,20 @@ class OutboxSender:
             if not batch:
                 self._wake.wait(1.0)
                 continue
+            confirmed: list[int] = []
             try:
                 for item in batch:
                     if self._stop.is_set():
-                        return
+                        break
                     self._broker.send(item.destination, item.body)
-                    self._state.mark_sent(item.seq)
+                    confirmed.append(item.seq)
                 backoff = _BACKOFF_MIN_S
             except TransportError as e:
                 log.warning("outbox: broker unavailable (%s); retrying in %.1f s", e, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
+            finally:
+                # One commit for the batch: a crash before it re-sends these messages, which
+                # the hub deduplicates on their natural keys.
+                if confirmed:
+                    self._state.mark_sent(confirmed)

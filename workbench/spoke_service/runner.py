@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,34 @@ class CaseRunner:
         engine: the container engine (``DockerEngine.from_env()`` at a spoke).
         work_dir: where cases are staged; on the same filesystem as the DICOM for hard links.
         log_dir: where container logs are kept, at the spoke.
+        background_cleanup: remove staged files on a thread after the verdict (call
+            ``close()`` before exiting); otherwise before ``run`` returns.
     """
 
-    def __init__(self, engine: ContainerEngine, work_dir: Path, log_dir: Path) -> None:
+    def __init__(
+        self,
+        engine: ContainerEngine,
+        work_dir: Path,
+        log_dir: Path,
+        background_cleanup: bool = False,
+    ) -> None:
         self._engine = engine
         self._work_dir = Path(work_dir)
         self._log_dir = Path(log_dir)
+        # Removing a case's staged files (a tmpfs unmount and a tree of links) takes a few
+        # milliseconds that the result need not wait for: a spoke hands it to a thread.
+        self._janitor = ThreadPoolExecutor(1, "staging-cleanup") if background_cleanup else None
+
+    def close(self) -> None:
+        """Finish any clean-up still pending."""
+        if self._janitor is not None:
+            self._janitor.shutdown(wait=True)
+
+    def _dispose(self, staged: Staging) -> None:
+        if self._janitor is None:
+            staged.cleanup()
+        else:
+            self._janitor.submit(staged.cleanup)
 
     def run(
         self,
@@ -84,7 +107,8 @@ class CaseRunner:
         info = self._engine.image(image)
         schema = _declared_schema(info)
         self._work_dir.mkdir(parents=True, exist_ok=True)
-        with Staging(self._work_dir, case, limits.output_bytes) as staged:
+        staged = Staging(self._work_dir, case, limits.output_bytes).__enter__()
+        try:
             spec = SandboxSpec(
                 image=info.id,
                 algo_arg=algo_arg_env(args),
@@ -106,6 +130,8 @@ class CaseRunner:
                 check = validate_output(data, schema, limits.output_bytes)
                 code = check.error.code if check.error else None
                 detail, document = check.detail, check.document
+        finally:
+            self._dispose(staged)
         return RunResult(
             run_id=staged.run_id,
             image_id=info.id,

@@ -20,12 +20,13 @@ import logging
 import os
 import secrets
 import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
 from workbench.core import messages as m
 from workbench.core.cohort import matches
-from workbench.core.participant import build_case
+from workbench.core.participant import Case, build_case
 from workbench.core.pseudonym import Pseudonymizer
 from workbench.core.run_errors import Error, RunErrorCode
 from workbench.errors import CaseError, EngineError
@@ -36,12 +37,14 @@ from workbench.spoke_service.outbox import OutboxSender
 from workbench.spoke_service.reference import SiteReference
 from workbench.spoke_service.runner import CaseRunner, RunResult
 from workbench.spoke_service.sandbox import Limits
+from workbench.spoke_service.staging import Staging
 from workbench.spoke_service.state import CaseRow, SpokeState
 from workbench.transport.base import Broker, Delivery, Subscription
 
 log = logging.getLogger(__name__)
 
 Outgoing = list[tuple[str, bytes]]
+_CASE_CACHE = 256  # participants whose case stays built between planning and running
 
 
 class Spoke:
@@ -66,14 +69,17 @@ class Spoke:
         self.state = SpokeState(config.state_path)
         self.catalog = Catalog.open(config.catalog_path)
         self._pseudonymizer = Pseudonymizer(_secret(config))
-        self._runner = CaseRunner(engine, config.state_dir / "work", config.state_dir / "logs")
+        self._runner = CaseRunner(
+            engine, config.state_dir / "work", config.state_dir / "logs", background_cleanup=True
+        )
+        self._cases: OrderedDict[str, Case] = OrderedDict()
         self._outbox = OutboxSender(self.state, broker)
         self._work = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._subscription: Subscription | None = None
         self._verified: dict[str, str] = {}
-        self._image_lock = threading.Lock()
+        self._cache_lock = threading.Lock()
 
     # life cycle -------------------------------------------------------------------------
 
@@ -82,6 +88,9 @@ class Spoke:
         if index:
             report = self.catalog.index(self.config.dicom_dir, workers=os.cpu_count() or 1)
             log.info("catalog: %d new, %d problems", report.indexed, report.problem_count)
+        swept = Staging.sweep(self.config.state_dir / "work")
+        if swept:
+            log.warning("removed %d staged runs left by the last shutdown", swept)
         requeued = self.state.requeue_interrupted()
         if requeued:
             log.warning("re-running %d cases interrupted by the last shutdown", requeued)
@@ -103,6 +112,7 @@ class Spoke:
             self._subscription.cancel()
         for thread in self._threads:
             thread.join(timeout)
+        self._runner.close()
         self._outbox.flush(timeout=5.0)
         self._outbox.stop()
         self._broker.close()
@@ -153,11 +163,7 @@ class Spoke:
         participants = 0
         for patient_id in self.catalog.patient_ids():
             try:
-                case = build_case(
-                    self.catalog.participant_headers(patient_id),
-                    self._pseudonymizer,
-                    self.config.spoke_id,
-                )
+                case = self._case(patient_id)
             except CaseError as e:
                 log.warning("participant skipped: %s", e.detail)
                 continue
@@ -215,11 +221,7 @@ class Spoke:
         algorithm = next(a for a in manifest.algorithms if a.name == case.algorithm)
         try:
             image_id = self._verified_image(algorithm)
-            built = build_case(
-                self.catalog.participant_headers(case.patient_id),
-                self._pseudonymizer,
-                self.config.spoke_id,
-            )
+            built = self._case(case.patient_id)
             limits = Limits(
                 timeout_s=min(manifest.timeout_s, self.config.max_timeout_s),
                 memory_bytes=min(manifest.memory_bytes, self.config.max_memory_bytes),
@@ -239,9 +241,24 @@ class Spoke:
         message = self._result(case, order, image_id, result)
         return "done", [(m.HUB_INBOX, m.encode(message)), self._status(case, "done")], None
 
+    def _case(self, patient_id: str) -> Case:
+        """One participant's case, from a small cache (planning built it moments ago)."""
+        with self._cache_lock:
+            if patient_id in self._cases:
+                self._cases.move_to_end(patient_id)
+                return self._cases[patient_id]
+        case = build_case(
+            self.catalog.participant_headers(patient_id), self._pseudonymizer, self.config.spoke_id
+        )
+        with self._cache_lock:
+            self._cases[patient_id] = case
+            while len(self._cases) > _CASE_CACHE:
+                self._cases.popitem(last=False)
+        return case
+
     def _verified_image(self, algorithm: m.AlgorithmRef) -> str:
         """The local image id of ``algorithm``, pulled by digest if needed and checked."""
-        with self._image_lock:
+        with self._cache_lock:
             if algorithm.digest in self._verified:
                 return self._verified[algorithm.digest]
             try:

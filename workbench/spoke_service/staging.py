@@ -20,12 +20,13 @@ it is a plain folder and the size check happens after the run (documented in
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
 import shutil
 import stat
-import subprocess
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -76,9 +77,23 @@ class Staging:
     def cleanup(self) -> None:
         """Unmount the output tmpfs and remove every staged file."""
         if self.output_is_tmpfs:
-            subprocess.run(["umount", str(self.output_dir)], check=False, capture_output=True)
+            _umount(self.output_dir)
             self.output_is_tmpfs = False
         shutil.rmtree(self.root, ignore_errors=True)
+
+    @staticmethod
+    def sweep(work_root: Path) -> int:
+        """Remove every staged run left below ``work_root`` by a crash; returns how many."""
+        if not work_root.is_dir():
+            return 0
+        swept = 0
+        for folder in work_root.iterdir():
+            output = folder / "output"
+            if os.path.ismount(output):
+                _umount(output)
+            shutil.rmtree(folder, ignore_errors=True)
+            swept += 1
+        return swept
 
     def _lay_out(self) -> None:
         self.root.mkdir(parents=True, mode=0o700)
@@ -101,20 +116,34 @@ class Staging:
         if os.geteuid() == 0:
             size = self._output_limit + _SLACK
             opts = f"size={size},nr_inodes={_MAX_OUTPUT_INODES},uid={uid},gid={gid},mode=0700"
-            done = subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(self.output_dir)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode == 0:
+            problem = _mount_tmpfs(self.output_dir, opts)
+            if problem is None:
                 self.output_is_tmpfs = True
                 return
-            log.warning("no size-capped tmpfs for the output (%s)", done.stderr.strip())
+            log.warning("no size-capped tmpfs for the output (%s)", problem)
             os.chown(self.output_dir, int(uid), int(gid))
             self.output_dir.chmod(0o700)
         else:
             self.output_dir.chmod(0o777)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _mount_tmpfs(target: Path, options: str) -> str | None:
+    """mount(2) a tmpfs at ``target``; ``None`` on success, else the reason.
+
+    The system call directly, not the ``mount`` command: two process spawns per case cost
+    ~10 ms, a third of the spoke's whole order-to-result path.
+    """
+    done = _libc().mount(b"tmpfs", os.fsencode(target), b"tmpfs", 0, options.encode())
+    return None if done == 0 else os.strerror(ctypes.get_errno())
+
+
+def _umount(target: Path) -> None:
+    if _libc().umount2(os.fsencode(target), 0) != 0:
+        log.error("could not unmount %s: %s", target, os.strerror(ctypes.get_errno()))
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -232,10 +232,11 @@ class SpokeState:
             ).fetchall()
         return [OutboxItem(seq, dest, bytes(body)) for seq, dest, body in rows]
 
-    def mark_sent(self, seq: int) -> None:
-        """The broker confirmed this message."""
+    def mark_sent(self, seqs: list[int]) -> None:
+        """The broker confirmed these messages."""
+        now = time.time()
         with self.transaction() as db:
-            db.execute("UPDATE outbox SET sent_at = ? WHERE seq = ?", (time.time(), seq))
+            db.executemany("UPDATE outbox SET sent_at = ? WHERE seq = ?", [(now, s) for s in seqs])
 
     def sent_bytes(self) -> int:
         """Every byte this spoke has sent (message bodies)."""
