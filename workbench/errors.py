@@ -13,6 +13,13 @@
      ├── SynthError             the synthetic cohort generator was given impossible settings
      ├── ReportError            a validation report cannot be rendered (no results yet, a
      │                          template cell failed: carries ``cell_index``)
+     ├── TransportError         the message broker is unreachable, refused a frame, or did not
+     │    │                     confirm a send (``workbench.transport.base``)
+     │    └── BrokerError       the managed ActiveMQ is not installed, or could not be started,
+     │                          stopped or queried (``workbench.transport.activemq``)
+     ├── FederationError        a part of the local federation did not start or stop
+     │                          (``workbench.federation``)
+     ├── DemoError              the demo study did not complete (``workbench.demo``)
      └── HubError               the hub refused or failed a request (carries ``code``, a short
           │                     stable string, and ``status``, the HTTP status the API answers)
           ├── BadRequestError   400: an invalid body, argument or study definition
@@ -20,6 +27,9 @@
           ├── ConflictError     409: a name and version registered with another digest, ...
           ├── StoreError        503: the results store failed (``transient``: worth retrying)
           └── HubUnreachableError  the hub client cannot reach the hub at all
+
+The classes in this module are importable from ``workbench.errors``; the others live with the
+code that raises them, in the module named in parentheses.
 
 A failed *algorithm run* is not an exception: the runner returns a ``RunResult`` whose
 ``error`` is an ``Error(code, reason)`` from the fixed table in ``workbench.core.run_errors``,

@@ -38,48 +38,24 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
-
-import stomp
-from stomp.exception import StompException
 
 from workbench.errors import ConfigError
-from workbench.transport.base import Delivery, Handler, TransportError
+from workbench.transport.base import Handler, TransportError
+from workbench.transport.stomp_connection import (
+    IO_ERRORS,
+    AttemptFailed,
+    Listener,
+    Waiter,
+    describe,
+    open_connection,
+    parse_url,
+)
+from workbench.transport.stomp_delivery import dispatch
 
 __all__ = ["StompBroker", "parse_url"]
 
 _LOG = logging.getLogger(__name__)
 _RESERVED = {"destination", "receipt", "persistent", "content-length", "transaction"}
-_IO_ERRORS = (StompException, OSError)
-
-
-def parse_url(url: str | Sequence[str]) -> list[tuple[str, int]]:
-    """Broker addresses from ``stomp://host:port``, a comma-separated list or a sequence of
-    them, or ActiveMQ's ``failover:(stomp://a:61613,stomp://b:61613)``.
-
-    Raises:
-        ConfigError: not a STOMP URL with a host and a port.
-    """
-    pieces = []
-    for text in [url] if isinstance(url, str) else list(url):
-        text = text.strip()
-        if text.startswith("failover:"):
-            text = text.removeprefix("failover:")
-            text = text[1 : text.find(")")] if text.startswith("(") else text.split("?", 1)[0]
-        pieces += [p.strip() for p in text.split(",") if p.strip()]
-    addresses = []
-    for piece in pieces:
-        split = urlsplit(piece)
-        try:
-            port = split.port
-        except ValueError:
-            port = None
-        if split.scheme != "stomp" or not split.hostname or port is None:
-            raise ConfigError(f"not a broker URL like stomp://127.0.0.1:61613: {piece!r}")
-        addresses.append((split.hostname, port))
-    if not addresses:
-        raise ConfigError(f"no broker address in {url!r}")
-    return addresses
 
 
 @dataclass(eq=False)
@@ -97,77 +73,6 @@ class _Sub:
     def cancel(self) -> None:
         """Stop receiving."""
         self.broker._cancel(self)
-
-
-class _Waiter:
-    """A receipt we wait for: ``outcome`` becomes receipt, error or lost."""
-
-    def __init__(self, receipt: str, generation: int) -> None:
-        self.receipt = receipt
-        self.generation = generation
-        self.event = threading.Event()
-        self.outcome = ""
-        self.message = ""
-
-    def settle(self, outcome: str, message: str = "") -> None:
-        if not self.event.is_set():
-            self.outcome, self.message = outcome, message
-            self.event.set()
-
-
-class _Listener:
-    """stomp.py calls ``on_<frame>`` by name on its receiver thread; one per connection."""
-
-    def __init__(self, broker: StompBroker, generation: int, conn: Any) -> None:
-        self.broker, self.generation, self.conn = broker, generation, conn
-        self.answered = threading.Event()  # CONNECTED, ERROR or closed: the attempt is decided
-        self.connected = False
-        self.closed = threading.Event()
-        self.error = ""
-
-    def on_connecting(self, host_and_port: tuple[str, int]) -> None:
-        # Runs after the TCP connect and before the CONNECT frame goes out.
-        sock = self.conn.transport.socket
-        if sock is not None and self.broker._tcp_nodelay:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def on_connected(self, frame: Any) -> None:
-        self.connected = True
-        self.answered.set()
-
-    def on_message(self, frame: Any) -> None:
-        self.broker._inbox.put((self.generation, frame))
-
-    def on_receipt(self, frame: Any) -> None:
-        self.broker._settle_waiter(frame.headers.get("receipt-id", ""), "receipt")
-
-    def on_error(self, frame: Any) -> None:
-        message = frame.headers.get("message", "") or _text(frame.body)[:200]
-        if not self.connected:
-            self.error = message
-            self.answered.set()
-        elif "receipt-id" in frame.headers:
-            self.broker._settle_waiter(frame.headers["receipt-id"], "error", message)
-        else:
-            _LOG.warning("broker error: %s", message)
-
-    def on_disconnected(self) -> None:
-        self.closed.set()
-        self.answered.set()
-        self.broker._lost(self.generation)
-
-    def on_heartbeat_timeout(self) -> None:
-        _LOG.warning("no heart-beat from the broker: reconnecting")
-
-    # stomp.py looks these up for every frame (and catches an AttributeError for on_send).
-    def on_send(self, frame: Any) -> None:
-        pass
-
-    def on_before_message(self, frame: Any) -> None:
-        pass
-
-    def on_heartbeat(self) -> None:
-        pass
 
 
 class StompBroker:
@@ -218,12 +123,13 @@ class StompBroker:
         self._closed = False
         self._subs: dict[str, _Sub] = {}
         self._sub_ids = itertools.count(1)
-        self._waiters: dict[str, _Waiter] = {}
+        self._waiters: dict[str, Waiter] = {}
         self._inbox: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
         self._connect_until(time.monotonic() + connect_timeout, initial=True)
         self._dispatcher = threading.Thread(
-            target=self._dispatch_loop, name="stomp-dispatch", daemon=True
-        )
+            target=dispatch, args=(self._inbox, self._route, self._settle),
+            name="stomp-dispatch", daemon=True,
+        )  # fmt: skip
         self._supervisor = threading.Thread(
             target=self._reconnect_loop, name="stomp-reconnect", daemon=True
         )
@@ -253,7 +159,7 @@ class StompBroker:
             frame_headers = {**extra, "persistent": "true", "receipt": receipt}
             try:
                 conn.send(destination, bytes(body), headers=frame_headers)
-            except _IO_ERRORS as e:
+            except IO_ERRORS as e:
                 _LOG.info("send to %s failed (%s): retrying after reconnection", destination, e)
                 self._drop(receipt)
                 self._lost(generation, force=conn)
@@ -316,10 +222,10 @@ class StompBroker:
             self._lock.notify_all()
         if conn is not None:
             listener = conn.get_listener("workbench")
-            with contextlib.suppress(*_IO_ERRORS):
+            with contextlib.suppress(*IO_ERRORS):
                 conn.disconnect()  # DISCONNECT with a receipt; stomp.py closes on the receipt
             if listener is None or not listener.closed.wait(min(5.0, self._send_timeout)):
-                with contextlib.suppress(*_IO_ERRORS):
+                with contextlib.suppress(*IO_ERRORS):
                     conn.transport.disconnect_socket()
         self._inbox.put(None)
         for thread in (self._dispatcher, self._supervisor):
@@ -347,23 +253,14 @@ class StompBroker:
         """One attempt over every address; on success the connection becomes current."""
         with self._lock:
             generation = self._generation + 1
-        conn = stomp.Connection12(
-            host_and_ports=self.addresses, prefer_localhost=False, try_loopback_connect=False,
-            reconnect_sleep_initial=0.0, reconnect_attempts_max=1, timeout=5.0,
-            heartbeats=(self._heartbeat_ms, self._heartbeat_ms), auto_decode=False,
+        listener = Listener(
+            generation, tcp_nodelay=self._tcp_nodelay, inbox=self._inbox,
+            receipt=self._settle_waiter, lost=self._lost,
         )  # fmt: skip
-        listener = _Listener(self, generation, conn)
-        conn.set_listener("workbench", listener)
-        try:
-            conn.connect(username=self._login, passcode=self._passcode, wait=False)
-        except _IO_ERRORS as e:
-            raise _AttemptFailed(f"no broker at {self._where()}: {e or type(e).__name__}") from e
-        listener.answered.wait(10.0)
-        if not listener.connected or listener.closed.is_set():
-            with contextlib.suppress(*_IO_ERRORS):
-                conn.transport.disconnect_socket()
-            problem = listener.error or "no CONNECTED frame"
-            raise _AttemptFailed(f"{self._where()} refused the connection: {problem}")
+        conn = open_connection(
+            self.addresses, listener, login=self._login, passcode=self._passcode,
+            heartbeat_ms=self._heartbeat_ms,
+        )  # fmt: skip
         with self._lock:
             if self._closed:
                 conn.transport.disconnect_socket()
@@ -384,7 +281,7 @@ class StompBroker:
             try:
                 self._connect_once()
                 return
-            except _AttemptFailed as e:
+            except AttemptFailed as e:
                 if initial and time.monotonic() + delay > deadline:
                     raise TransportError(str(e)) from None
                 _LOG.info("%s; next attempt in %.1f s", e, delay)
@@ -418,7 +315,7 @@ class StompBroker:
         if not self._closed:
             _LOG.warning("lost the connection to the broker: reconnecting")
         if force is not None:
-            with contextlib.suppress(*_IO_ERRORS):
+            with contextlib.suppress(*IO_ERRORS):
                 force.transport.disconnect_socket()
 
     def _wait_connected(self, deadline: float, what: str) -> tuple[Any, int]:
@@ -426,19 +323,17 @@ class StompBroker:
             while not self._connected and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TransportError(f"cannot {what}: no connection to {self._where()}")
+                    where = describe(self.addresses)
+                    raise TransportError(f"cannot {what}: no connection to {where}")
                 self._lock.wait(left)
             if self._closed:
                 raise TransportError("the connection is closed")
             return self._conn, self._generation
 
-    def _where(self) -> str:
-        return ", ".join(f"{h}:{p}" for h, p in self.addresses)
-
     # -- receipts and subscriptions ----------------------------------------------------------
 
-    def _expect(self, receipt: str, generation: int) -> _Waiter:
-        waiter = _Waiter(receipt, generation)
+    def _expect(self, receipt: str, generation: int) -> Waiter:
+        waiter = Waiter(receipt, generation)
         with self._lock:
             self._waiters[receipt] = waiter
         return waiter
@@ -453,7 +348,7 @@ class StompBroker:
         if waiter is not None:
             waiter.settle(outcome, message)
 
-    def _subscribe_on(self, conn: Any, generation: int, sub: _Sub, wait: bool) -> _Waiter | None:
+    def _subscribe_on(self, conn: Any, generation: int, sub: _Sub, wait: bool) -> Waiter | None:
         with self._lock:
             if not sub.active or sub.subscribed_on == generation:
                 return None  # cancelled, or this connection already has it
@@ -465,7 +360,7 @@ class StompBroker:
             waiter = self._expect(receipt, generation)
         try:
             conn.subscribe(sub.destination, id=sub.id, ack="client-individual", headers=headers)
-        except _IO_ERRORS:
+        except IO_ERRORS:
             if waiter is not None:
                 waiter.settle("lost")
         return waiter
@@ -478,35 +373,17 @@ class StompBroker:
             self._subs.pop(sub.id, None)
             conn, live = self._conn, self._connected and sub.subscribed_on == self._generation
         if live:
-            with contextlib.suppress(*_IO_ERRORS):
+            with contextlib.suppress(*IO_ERRORS):
                 conn.unsubscribe(id=sub.id)
 
     # -- deliveries --------------------------------------------------------------------------
 
-    def _dispatch_loop(self) -> None:
-        while (item := self._inbox.get()) is not None:
-            generation, frame = item
-            with self._lock:
-                sub = self._subs.get(frame.headers.get("subscription", ""))
-                current = self._connected and generation == self._generation
-            if sub is None or not sub.active or not current:
-                continue  # the broker delivers it again
-            settle = _Settle(self, generation, sub, frame.headers.get("ack", ""))
-            delivery = Delivery(
-                body=frame.body if isinstance(frame.body, bytes) else _bytes(frame.body),
-                destination=frame.headers.get("destination", sub.destination),
-                message_id=frame.headers.get("message-id", ""),
-                headers=dict(frame.headers),
-                redelivered=frame.headers.get("redelivered") == "true",
-                _ack=settle.ack,
-                _reject=settle.nack,
-            )
-            try:
-                sub.handler(delivery)
-            except Exception:
-                _LOG.exception(
-                    "the handler for %s failed; the message stays unacknowledged", sub.destination
-                )
+    def _route(self, generation: int, sub_id: str) -> _Sub | None:
+        """The live subscription of a MESSAGE that came on connection ``generation``, or None."""
+        with self._lock:
+            sub = self._subs.get(sub_id)
+            current = self._connected and generation == self._generation
+        return None if sub is None or not sub.active or not current else sub
 
     def _settle(self, generation: int, sub: _Sub, ack_id: str, verb: str) -> None:
         with self._lock:
@@ -521,39 +398,5 @@ class StompBroker:
                 conn.ack(id=ack_id)
             else:
                 conn.nack(id=ack_id)
-        except _IO_ERRORS as e:
+        except IO_ERRORS as e:
             _LOG.warning("could not %s a message (%s): it will be delivered again", verb, e)
-
-
-class _AttemptFailed(Exception):
-    pass
-
-
-class _Settle:
-    """The ack and the reject of one delivery: whichever comes first is sent, once."""
-
-    __slots__ = ("ack_id", "broker", "done", "generation", "sub")
-
-    def __init__(self, broker: StompBroker, generation: int, sub: _Sub, ack_id: str) -> None:
-        self.broker, self.generation, self.sub, self.ack_id = broker, generation, sub, ack_id
-        self.done = False
-
-    def ack(self) -> None:
-        if not self.done:
-            self.done = True
-            self.broker._settle(self.generation, self.sub, self.ack_id, "ack")
-
-    def nack(self) -> None:
-        if not self.done:
-            self.done = True
-            self.broker._settle(self.generation, self.sub, self.ack_id, "nack")
-
-
-def _bytes(body: Any) -> bytes:
-    if body is None:
-        return b""
-    return body.encode() if isinstance(body, str) else bytes(body)
-
-
-def _text(body: Any) -> str:
-    return body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
