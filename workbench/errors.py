@@ -20,6 +20,15 @@
      ├── FederationError        a part of the local federation did not start or stop
      │                          (``workbench.federation``)
      ├── DemoError              the demo study did not complete (``workbench.demo``)
+     ├── TrustError             a key, a signature or an audit log failed (``workbench.trust``)
+     │    ├── KeyFileError      a key file is missing, unreadable, not Ed25519, or exists already
+     │    ├── CanonicalJSONError  a document has no RFC 8785 form (NaN, an integer past 2**53)
+     │    ├── SignatureError    refused: ``reason`` is malformed, unknown_key, wrong_signer or
+     │    │    │                bad_signature; ``key_id`` names the signer when known
+     │    │    └── ImageSignatureError  an image refused before it runs; ``reason`` adds
+     │    │                     unsigned and image_mismatch (an image swapped under its tag)
+     │    └── AuditError        an audit log cannot be opened, read or extended (verification
+     │                          failures are data: ``workbench.trust.audit.VerifyReport``)
      └── HubError               the hub refused or failed a request (carries ``code``, a short
           │                     stable string, and ``status``, the HTTP status the API answers)
           ├── BadRequestError   400: an invalid body, argument or study definition
@@ -91,6 +100,52 @@ class CaseError(_CodedError):
 
 class EngineError(_CodedError):
     """The container engine is unreachable, or refused to create or start a container."""
+
+
+class TrustError(WorkbenchError):
+    """A key, a signature or an audit log failed; the subclass says which."""
+
+
+class KeyFileError(TrustError):
+    """A key file is missing, unreadable, not an Ed25519 key, or would be overwritten."""
+
+
+class CanonicalJSONError(TrustError):
+    """A document has no RFC 8785 canonical form.
+
+    NaN, infinity, an integer beyond +-(2**53 - 1), a non-string key, a lone surrogate, or a
+    value that is not JSON at all.
+    """
+
+
+class SignatureError(TrustError):
+    """A signed document was refused.
+
+    ``reason`` is one short stable string: ``malformed`` (no well-formed signature or
+    document), ``unknown_key`` (a key id the trust store does not hold), ``wrong_signer``
+    (a trusted key, but not the one the caller required) or ``bad_signature`` (the
+    signature does not match the document: forged, or the document was altered).
+    ``key_id`` is the signer's key id when the signature named one.
+    """
+
+    def __init__(self, reason: str, detail: str, key_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.key_id = key_id
+
+
+class ImageSignatureError(SignatureError):
+    """An algorithm image was refused before any container started.
+
+    Besides the reasons of ``SignatureError``, ``reason`` may be ``unsigned`` (no signature
+    for the image) or ``image_mismatch`` (the local image's id is not the signed one: an
+    image swapped under a signed tag).
+    """
+
+
+class AuditError(TrustError):
+    """An audit log cannot be opened, read or extended."""
 
 
 class HubError(WorkbenchError):

@@ -14,6 +14,7 @@ from workbench.cli.common import (
     positive_float,
     positive_int,
 )
+from workbench.cli.experiment import add_hub_option
 
 
 def register(sub: Sub) -> None:
@@ -44,6 +45,17 @@ def register(sub: Sub) -> None:
         help=f"pseudonym secret, created if missing ({DEFAULT_SECRET})",
     )  # fmt: skip
     p.set_defaults(handler=_run_local)
+
+    p = algorithm.add_parser(
+        "register",
+        help="register a local algorithm image with the hub",
+        description="Read IMAGE's org.elic.* labels (name, version, output and argument "
+        "schemas) and its digest from the local Docker Engine, and register it with the hub. "
+        "The same name and version with another digest is refused: give it a new version.",
+    )
+    p.add_argument("image", metavar="IMAGE", help="local image reference or id (never pulled)")
+    add_hub_option(p)
+    p.set_defaults(handler=_register)
 
 
 def _run_local(ns: argparse.Namespace) -> int:
@@ -82,4 +94,16 @@ def _run_local(ns: argparse.Namespace) -> int:
         f"ok in {result.seconds:.2f} s: {done.case.instance_count} files in "
         f"{len(done.case.series)} series{note}; wrote {ns.out / 'output.json'}"
     )
+    return 0
+
+
+def _register(ns: argparse.Namespace) -> int:
+    from workbench.hub_kernel.client import HubClient
+    from workbench.hub_kernel.registry import spec_from_image
+    from workbench.spoke_service.engine import DockerEngine
+
+    spec = spec_from_image(DockerEngine.from_env(), ns.image)
+    reply = HubClient(ns.hub).register_algorithm(spec.model_dump(mode="json"))
+    what = "registered" if reply["created"] else "already registered"
+    print(f"{what}: {spec.name}:{spec.version} = {spec.digest}")
     return 0
