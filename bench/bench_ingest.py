@@ -25,17 +25,17 @@ from pathlib import Path
 
 from bench.bench_transport import consume_raw, raw_connection
 from workbench.core import messages as m
-from workbench.hub_kernel.service import Hub, default_studies_dir
+from workbench.hub_kernel.service import Hub, HubConfig, default_studies_dir
 from workbench.hub_kernel.store import ResultsStore
 from workbench.hub_kernel.studies import StudyCatalog
 from workbench.transport.activemq import ManagedBroker
 from workbench.transport.stomp_broker import StompBroker
 
 DIGEST = "sha256:" + "e" * 64
-PREFETCH = 200
+PREFETCH = HubConfig().prefetch  # the hub's own default; the raw consumer gets the same
 
 
-def results(experiment_id: str, manifest_hash: str, n: int) -> list[bytes]:
+def results(experiment_id: str, manifest_hash: str, n: int, start: int = 0) -> list[bytes]:
     timepoint = {"index": 0, "nodule_volume_mm3": 812.5, "diameter_mm": 11.6}
     output = {"nodule_found": True, "nodule_volume_mm3": 812.5, "malignancy_score": 0.61,
               "timepoints": [timepoint]}  # fmt: skip
@@ -54,7 +54,7 @@ def results(experiment_id: str, manifest_hash: str, n: int) -> list[bytes]:
                 reference={"malignant": i % 2, "nodule_volume_mm3_t0": 800.0},
             )
         )
-        for i in range(n)
+        for i in range(start, start + n)
     ]
 
 
@@ -97,11 +97,14 @@ def hub_round(url: str, port: int, workdir: Path, n: int) -> float:
     started = time.perf_counter()
     hub.start()
     deadline = time.monotonic() + 300
-    while store.result_count(experiment_id) < n:
+    # Watch the ingestor's own counter (committed and acknowledged), not the database: a
+    # count query every few milliseconds would compete with the ingestion it measures.
+    while hub.ingestor.stats.accepted < n:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"hub ingested {store.result_count(experiment_id)} of {n}")
+            raise TimeoutError(f"hub ingested {hub.ingestor.stats.accepted} of {n}")
         time.sleep(0.002)
     elapsed = time.perf_counter() - started
+    assert store.result_count(experiment_id) == n
     hub.stop()
     broker.close()
     store.close()
