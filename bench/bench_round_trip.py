@@ -43,6 +43,9 @@ class InstantEngine:
     def pull(self, reference: str) -> ImageInfo:
         return self.image(reference)
 
+    def remove_containers(self, labels: dict[str, str]) -> int:
+        return 0
+
     def run(self, spec: SandboxSpec) -> ContainerOutcome:
         (Path(spec.output_dir) / "output.json").write_text('{"malignancy_score": 0.5}')
         return ContainerOutcome(0, False, False, False, b"", 0.0)

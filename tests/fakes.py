@@ -42,6 +42,12 @@ class FakeEngine:
             raise EngineError(RunErrorCode.IMAGE_NOT_FOUND, "no such image")
         return ImageInfo(IMAGE_ID, self.labels)
 
+    removed: list[dict[str, str]] = field(default_factory=list)
+
+    def remove_containers(self, labels: dict[str, str]) -> int:
+        self.removed.append(dict(labels))
+        return 0
+
     def pull(self, reference: str) -> ImageInfo:
         self.pulled.append(reference)
         if self.local is not None:

@@ -262,7 +262,9 @@ def test_cases_interrupted_by_a_crash_run_again_on_restart(site: Path) -> None:
     first.state.claim_next(lambda c: [])  # a case was running when the process died
     first.state.close()
     first.catalog.close()
-    spoke = Spoke(config(site), server.connect(), FakeEngine(write_score))
+    (site / "state" / "work" / "leftover" / "output").mkdir(parents=True)  # a crashed run's
+    engine = FakeEngine(write_score)
+    spoke = Spoke(config(site), server.connect(), engine)
     spoke.start()
     try:
         messages = until(server, lambda seen: finished(seen) >= 2)
@@ -271,3 +273,5 @@ def test_cases_interrupted_by_a_crash_run_again_on_restart(site: Path) -> None:
     results = [x for x in messages if isinstance(x, m.CaseResult)]
     assert len(results) == 2
     assert {r.attempt for r in results} == {1}
+    assert engine.removed == [{"org.elic.spoke": "site-01"}]  # its own orphans, no one else's
+    assert not (site / "state" / "work" / "leftover").exists()

@@ -69,6 +69,10 @@ class ContainerEngine(Protocol):
         """Fetch ``reference`` (``registry/name@sha256:...``) from a private registry."""
         ...
 
+    def remove_containers(self, labels: dict[str, str]) -> int:
+        """Remove every container carrying all ``labels`` (orphans of a crash); how many."""
+        ...
+
 
 class DockerEngine:
     """``ContainerEngine`` over Docker Engine, through the docker SDK."""
@@ -123,6 +127,18 @@ class DockerEngine:
         except DockerException as e:
             raise EngineError(RunErrorCode.IMAGE_NOT_FOUND, f"cannot pull {reference}: {e}") from e
         return self.image(reference)
+
+    def remove_containers(self, labels: dict[str, str]) -> int:
+        from docker.errors import DockerException
+
+        wanted = [f"{k}={v}" for k, v in labels.items()]
+        try:
+            found = self._client.containers.list(all=True, filters={"label": wanted})
+        except DockerException as e:
+            raise EngineError(RunErrorCode.ENGINE_UNAVAILABLE, str(e)) from e
+        for container in found:
+            _remove(container)
+        return len(found)
 
     def run(self, spec: SandboxSpec) -> ContainerOutcome:
         from docker.errors import DockerException

@@ -63,6 +63,7 @@ class CaseRunner:
         log_dir: where container logs are kept, at the spoke.
         background_cleanup: remove staged files on a thread after the verdict (call
             ``close()`` before exiting); otherwise before ``run`` returns.
+        labels: extra container labels (a spoke adds its id, to find its orphans later).
     """
 
     def __init__(
@@ -71,8 +72,10 @@ class CaseRunner:
         work_dir: Path,
         log_dir: Path,
         background_cleanup: bool = False,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self._engine = engine
+        self._labels = dict(labels or {})
         self._work_dir = Path(work_dir)
         self._log_dir = Path(log_dir)
         # Removing a case's staged files (a tmpfs unmount and a tree of links) takes a few
@@ -116,7 +119,7 @@ class CaseRunner:
                 dicom_dir=str(staged.dicom_dir),
                 output_dir=str(staged.output_dir),
                 limits=limits,
-                labels={MANAGED_LABEL: "true", RUN_LABEL: staged.run_id},
+                labels={**self._labels, MANAGED_LABEL: "true", RUN_LABEL: staged.run_id},
             )
             started = time.monotonic()
             try:

@@ -36,7 +36,7 @@ from workbench.spoke_service.engine import ContainerEngine
 from workbench.spoke_service.outbox import OutboxSender
 from workbench.spoke_service.reference import SiteReference
 from workbench.spoke_service.runner import CaseRunner, RunResult
-from workbench.spoke_service.sandbox import Limits
+from workbench.spoke_service.sandbox import SPOKE_LABEL, Limits
 from workbench.spoke_service.staging import Staging
 from workbench.spoke_service.state import CaseRow, SpokeState
 from workbench.transport.base import Broker, Delivery, Subscription
@@ -70,8 +70,9 @@ class Spoke:
         self.catalog = Catalog.open(config.catalog_path)
         self._pseudonymizer = Pseudonymizer(_secret(config))
         self._runner = CaseRunner(
-            engine, config.state_dir / "work", config.state_dir / "logs", background_cleanup=True
-        )
+            engine, config.state_dir / "work", config.state_dir / "logs",
+            background_cleanup=True, labels={SPOKE_LABEL: config.spoke_id},
+        )  # fmt: skip
         self._cases: OrderedDict[str, Case] = OrderedDict()
         self._outbox = OutboxSender(self.state, broker)
         self._work = threading.Event()
@@ -88,6 +89,9 @@ class Spoke:
         if index:
             report = self.catalog.index(self.config.dicom_dir, workers=os.cpu_count() or 1)
             log.info("catalog: %d new, %d problems", report.indexed, report.problem_count)
+        orphans = self._engine.remove_containers({SPOKE_LABEL: self.config.spoke_id})
+        if orphans:
+            log.warning("removed %d containers left running by the last shutdown", orphans)
         swept = Staging.sweep(self.config.state_dir / "work")
         if swept:
             log.warning("removed %d staged runs left by the last shutdown", swept)
