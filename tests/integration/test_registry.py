@@ -1,0 +1,57 @@
+"""Images reach spokes through a private registry, by digest, never by tag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workbench.core.run_errors import RunErrorCode
+from workbench.errors import EngineError
+from workbench.images.distribution import ManagedRegistry, push
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Any:
+    import shutil
+
+    from services import need
+
+    if shutil.which("docker-registry") is None:
+        need("docker-registry is not installed")
+    with ManagedRegistry(tmp_path / "registry") as running:
+        yield running
+
+
+def test_a_pushed_image_is_pulled_back_by_digest_with_the_same_id(
+    docker_engine: Any, algorithm_images: dict[str, str], registry: ManagedRegistry
+) -> None:
+    client = docker_engine.client
+    local = client.images.get(algorithm_images["naive-baseline"])
+    reference = push(client, algorithm_images["naive-baseline"], registry.address)
+    repository, _, digest = reference.partition("@")
+    assert repository == f"{registry.address}/elic/naive-baseline"
+    assert digest.startswith("sha256:") and len(digest) == 71
+    client.images.remove(f"{repository}:1.0.0")  # as at a spoke that never had it
+    with pytest.raises(EngineError) as absent:
+        docker_engine.image(reference)
+    assert absent.value.code is RunErrorCode.IMAGE_NOT_FOUND
+
+    pulled = docker_engine.pull(reference)
+
+    assert pulled.id == local.id
+
+
+def test_pulling_by_tag_is_refused(docker_engine: Any, registry: ManagedRegistry) -> None:
+    with pytest.raises(EngineError, match="not by digest"):
+        docker_engine.pull(f"{registry.address}/elic/naive-baseline:1.0.0")
+
+
+def test_a_registry_on_a_taken_port_is_a_clear_error(tmp_path: Path, registry: Any) -> None:
+    from workbench.errors import ImageBuildError
+
+    with pytest.raises(ImageBuildError, match="already in use"):
+        ManagedRegistry(tmp_path / "second", port=registry.port).start()
