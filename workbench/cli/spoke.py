@@ -39,6 +39,7 @@ def register(sub: Sub) -> None:
     )
     p.add_argument("--config", type=Path, required=True, help="the spoke's TOML settings")
     p.set_defaults(handler=_spoke_serve)
+    _register_review(spoke)
 
 
 def _spoke_index(ns: argparse.Namespace) -> int:
@@ -83,4 +84,89 @@ def _spoke_serve(ns: argparse.Namespace) -> int:
     stop.wait()
     say(f"spoke {config.spoke_id} stopping")
     spoke.stop()
+    return 0
+
+
+# review of held results (manual release) -----------------------------------------------------
+
+
+def _register_review(spoke: Sub) -> None:
+    p = spoke.add_parser(
+        "pending",
+        help="list the results held for manual release",
+        description="List the results this spoke holds for a person to review before they "
+        "leave (the policy's manual_release): id, experiment, algorithm, participant "
+        "pseudonym, since when, and the release gate's summary.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="the spoke's TOML settings")
+    p.add_argument("--all", action="store_true", help="also list released and rejected results")
+    p.set_defaults(handler=_spoke_pending)
+
+    p = spoke.add_parser(
+        "release",
+        help="send one held result to the hub",
+        description="Release a held result: it goes into the spoke's outbox, and the running "
+        "spoke sends it to the hub. A result is released at most once.",
+    )
+    p.add_argument("id", type=positive_int, metavar="ID", help="the id `spoke pending` shows")
+    p.add_argument("--config", type=Path, required=True, help="the spoke's TOML settings")
+    p.set_defaults(handler=_spoke_release)
+
+    p = spoke.add_parser(
+        "reject",
+        help="decline one held result; the hub learns only RELEASE_REJECTED",
+        description="Reject a held result: it never leaves the spoke. The hub is told the "
+        "case failed with RELEASE_REJECTED; the reason stays in the spoke's pending store.",
+    )
+    p.add_argument("id", type=positive_int, metavar="ID", help="the id `spoke pending` shows")
+    p.add_argument("--config", type=Path, required=True, help="the spoke's TOML settings")
+    p.add_argument("--reason", default="", help="why (kept at the spoke, never sent)")
+    p.set_defaults(handler=_spoke_reject)
+
+
+def _spoke_pending(ns: argparse.Namespace) -> int:
+    import time
+
+    from workbench.spoke_service.config import SpokeConfig
+    from workbench.spoke_service.pending import PendingStore
+
+    config = SpokeConfig.from_file(ns.config)
+    with PendingStore.open(config.state_dir) as store:
+        held = store.list(None if ns.all else "held")
+    if not held:
+        say("no results held for release" if not ns.all else "the pending store is empty")
+        return 0
+    header = ["ID", "EXPERIMENT", "ALGORITHM", "PARTICIPANT", "HELD SINCE"]
+    header += ["STATE"] if ns.all else []
+    rows = [
+        [str(h.id), h.case.experiment_id, h.case.algorithm, h.case.participant_id,
+         time.strftime("%Y-%m-%d %H:%M", time.localtime(h.held_at))]
+        + ([h.state] if ns.all else [])
+        for h in held
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row, summary in zip([header, *rows], ["SUMMARY", *(h.summary for h in held)], strict=True):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)), summary)
+    return 0
+
+
+def _spoke_release(ns: argparse.Namespace) -> int:
+    from workbench.spoke_service.config import SpokeConfig
+    from workbench.spoke_service.pending import release_held
+
+    held = release_held(SpokeConfig.from_file(ns.config).state_dir, ns.id)
+    case = held.case
+    print(f"released {held.id} ({case.experiment_id} {case.algorithm} {case.participant_id}): "
+          "queued for the hub")  # fmt: skip
+    return 0
+
+
+def _spoke_reject(ns: argparse.Namespace) -> int:
+    from workbench.spoke_service.config import SpokeConfig
+    from workbench.spoke_service.pending import reject_held
+
+    held = reject_held(SpokeConfig.from_file(ns.config).state_dir, ns.id, ns.reason)
+    case = held.case
+    print(f"rejected {held.id} ({case.experiment_id} {case.algorithm} {case.participant_id}): "
+          "the hub is told RELEASE_REJECTED")  # fmt: skip
     return 0

@@ -34,6 +34,8 @@ class RunErrorCode(StrEnum):
     OUTPUT_NOT_OBJECT = "OUTPUT_NOT_OBJECT"
     OUTPUT_SCHEMA_VIOLATION = "OUTPUT_SCHEMA_VIOLATION"
     INTERNAL = "INTERNAL"
+    OUTPUT_PHI = "OUTPUT_PHI"
+    RELEASE_REJECTED = "RELEASE_REJECTED"
 
 
 REASONS: dict[RunErrorCode, str] = {
@@ -53,6 +55,8 @@ REASONS: dict[RunErrorCode, str] = {
     RunErrorCode.OUTPUT_NOT_OBJECT: "output.json is valid JSON but not a JSON object",
     RunErrorCode.OUTPUT_SCHEMA_VIOLATION: "output.json does not match the algorithm's schema",
     RunErrorCode.INTERNAL: "the spoke failed internally while running the case",
+    RunErrorCode.OUTPUT_PHI: "the output held an identifier, date or UID from the case's DICOM",
+    RunErrorCode.RELEASE_REJECTED: "a reviewer at the spoke declined to release the result",
 }
 
 

@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workbench.cli.main import main
+from workbench.core import messages as m
+from workbench.core.run_errors import RunErrorCode
+from workbench.spoke_service.pending import (
+    HELD_STATE,
+    CaseKey,
+    PendingError,
+    PendingStore,
+    enqueue_rejected,
+    enqueue_released,
+    release_held,
+)
+from workbench.spoke_service.state import CaseRow, SpokeState
+
+SPOKE = "site-01"
+
+
+def result(participant: str = "p-0001", algorithm: str = "lung-lav950") -> m.CaseResult:
+    return m.CaseResult(
+        experiment_id="exp-1", spoke_id=SPOKE, participant_id=participant, algorithm=algorithm,
+        attempt=1, manifest_hash="0" * 64, image_digest="sha256:" + "1" * 64,
+        output={"lav950": 12.5}, output_sha256="2" * 64,
+    )  # fmt: skip
+
+
+def spoke_state(state_dir: Path, *held: m.CaseResult) -> None:
+    """A spoke state database whose cases for ``held`` wait for release."""
+    state = SpokeState(state_dir / "state.sqlite")
+    rows = [CaseRow(r.experiment_id, r.participant_id, r.algorithm, r.attempt, "MRN-1", HELD_STATE)
+            for r in held]  # fmt: skip
+    state.add_cases(rows, [])
+    state.close()
+
+
+def outbox(state_dir: Path) -> list[m.Message]:
+    state = SpokeState(state_dir / "state.sqlite")
+    try:
+        return [m.parse_message(item.body) for item in state.pending()]
+    finally:
+        state.close()
+
+
+def case_states(state_dir: Path) -> dict[str, str]:
+    state = SpokeState(state_dir / "state.sqlite")
+    try:
+        return {c.participant_id: c.state for c in state.cases()}
+    finally:
+        state.close()
+
+
+def hold(store: PendingStore, message: m.CaseResult, summary: str = "manual release") -> int:
+    return store.hold(CaseKey.of(message), m.encode(message), summary)
+
+
+def test_a_held_result_is_listed_with_its_case_and_who_held_it(tmp_path: Path) -> None:
+    message = result()
+    with PendingStore.open(tmp_path, operator="spoke-svc") as store:
+        held_id = hold(store, message, "manual release required; 20 bytes")
+
+        [held] = store.list()
+
+    assert held.id == held_id and held.state == "held"
+    assert held.case == CaseKey(SPOKE, "exp-1", "p-0001", "lung-lav950", 1)
+    assert held.summary == "manual release required; 20 bytes"
+    assert held.held_by == "spoke-svc" and held.held_at > 0
+
+
+def test_holding_the_same_case_twice_keeps_one_entry(tmp_path: Path) -> None:
+    original, rerun = result(), result()  # a re-run: same natural key, new message id
+    with PendingStore.open(tmp_path) as store:
+        first = hold(store, original)
+        again = hold(store, rerun)
+
+        assert again == first
+        assert len(store.list()) == 1
+        assert store.message(first) == m.encode(original)
+
+
+def test_release_returns_the_bytes_once_and_refuses_a_second_time(tmp_path: Path) -> None:
+    message = result()
+    with PendingStore.open(tmp_path, operator="alice") as store:
+        held_id = hold(store, message)
+
+        body = store.release(held_id)
+        with pytest.raises(PendingError, match="already released by alice"):
+            store.release(held_id)
+
+        assert body == m.encode(message)
+        assert store.list() == []
+        assert [h.state for h in store.list(None)] == ["released"]
+        assert [(t.state, t.operator) for t in store.history(held_id)] == [
+            ("held", "alice"), ("released", "alice"),
+        ]  # fmt: skip
+
+
+def test_reject_records_the_reason_and_blocks_release(tmp_path: Path) -> None:
+    with PendingStore.open(tmp_path, operator="bob") as store:
+        held_id = hold(store, result())
+
+        store.reject(held_id, "volume looks implausible")
+        with pytest.raises(PendingError, match="already rejected"):
+            store.release(held_id)
+        with pytest.raises(PendingError, match="already rejected"):
+            store.reject(held_id)
+
+        held = store.get(held_id)
+        assert (held.state, held.decided_by, held.reason) == (
+            "rejected", "bob", "volume looks implausible",
+        )  # fmt: skip
+        assert [t.state for t in store.history(held_id)] == ["held", "rejected"]
+
+
+def test_a_failed_delivery_leaves_the_result_held(tmp_path: Path) -> None:
+    def broken(held: object, body: bytes) -> None:
+        raise OSError("disk full")
+
+    with PendingStore.open(tmp_path) as store:
+        held_id = hold(store, result())
+
+        with pytest.raises(OSError):
+            store.release(held_id, deliver=broken)
+
+        assert store.get(held_id).state == "held"
+        assert [t.state for t in store.history(held_id)] == ["held"]
+        assert store.release(held_id)  # and it can still be released
+
+
+def test_an_unknown_id_is_an_error(tmp_path: Path) -> None:
+    with PendingStore.open(tmp_path) as store, pytest.raises(PendingError, match="no held"):
+        store.release(42)
+
+
+def test_held_results_survive_reopening_the_store(tmp_path: Path) -> None:
+    with PendingStore.open(tmp_path) as store:
+        held_id = hold(store, result())
+
+    with PendingStore.open(tmp_path) as store:
+        assert [h.id for h in store.list()] == [held_id]
+
+
+def test_enqueue_released_queues_once_and_finishes_the_case(tmp_path: Path) -> None:
+    message = result()
+    spoke_state(tmp_path, message)
+
+    first = enqueue_released(tmp_path, m.encode(message), CaseKey.of(message))
+    second = enqueue_released(tmp_path, m.encode(message), CaseKey.of(message))
+
+    assert (first, second) == (True, False)
+    assert outbox(tmp_path) == [message]
+    assert case_states(tmp_path) == {"p-0001": "done"}
+
+
+def test_enqueue_rejected_tells_the_hub_only_the_code(tmp_path: Path) -> None:
+    message = result()
+    spoke_state(tmp_path, message)
+
+    enqueue_rejected(tmp_path, CaseKey.of(message))
+
+    [status] = outbox(tmp_path)
+    assert isinstance(status, m.CaseStatus) and status.state == "failed"
+    assert status.error is not None and status.error.code is RunErrorCode.RELEASE_REJECTED
+    assert (status.participant_id, status.algorithm) == ("p-0001", "lung-lav950")
+    assert case_states(tmp_path) == {"p-0001": "failed"}
+
+
+def test_a_release_retried_after_a_crash_sends_once(tmp_path: Path) -> None:
+    message = result()
+    spoke_state(tmp_path, message)
+    with PendingStore.open(tmp_path) as store:
+        held_id = hold(store, message)
+    enqueue_released(tmp_path, m.encode(message))  # queued, then the crash: still held
+
+    release_held(tmp_path, held_id)
+
+    assert outbox(tmp_path) == [message]
+
+
+def test_enqueue_needs_the_spoke_state_database(tmp_path: Path) -> None:
+    with pytest.raises(PendingError, match="cannot open the spoke's state"):
+        enqueue_released(tmp_path, b"{}")
+
+    assert not (tmp_path / "state.sqlite").exists()
+
+
+# the command line --------------------------------------------------------------------------
+
+
+def spoke_config(tmp_path: Path) -> Path:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    config = tmp_path / "spoke.toml"
+    config.write_text(
+        f'spoke_id = "{SPOKE}"\nstate_dir = "state"\ndicom_dir = "dicom"\n'
+        'broker = "stomp://127.0.0.1:61613"\n'
+    )
+    return config
+
+
+def test_cli_lists_releases_and_rejects_held_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = spoke_config(tmp_path)
+    state_dir = tmp_path / "state"
+    first, second = result("p-0001"), result("p-0002")
+    spoke_state(state_dir, first, second)
+    with PendingStore.open(state_dir) as store:
+        first_id = hold(store, first, "manual release required; 20 bytes: clean")
+        second_id = hold(store, second)
+    capsys.readouterr()
+
+    assert main(["spoke", "pending", "--config", str(config)]) == 0
+    listing = capsys.readouterr().out
+    assert main(["spoke", "release", str(first_id), "--config", str(config)]) == 0
+    assert main(["spoke", "reject", str(second_id), "--config", str(config),
+                 "--reason", "odd"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["spoke", "release", str(first_id), "--config", str(config)]) == 1
+    refused = capsys.readouterr().err
+    assert main(["spoke", "pending", "--config", str(config)]) == 0
+    after = capsys.readouterr()
+
+    lines = listing.splitlines()
+    assert lines[0].split()[:5] == ["ID", "EXPERIMENT", "ALGORITHM", "PARTICIPANT", "HELD"]
+    assert lines[1].split()[:4] == [str(first_id), "exp-1", "lung-lav950", "p-0001"]
+    assert lines[1].endswith("manual release required; 20 bytes: clean")
+    assert lines[2].split()[:4] == [str(second_id), "exp-1", "lung-lav950", "p-0002"]
+    sent = outbox(state_dir)
+    assert sent[0] == first
+    assert isinstance(sent[1], m.CaseStatus) and sent[1].participant_id == "p-0002"
+    assert sent[1].error is not None and sent[1].error.code is RunErrorCode.RELEASE_REJECTED
+    assert len(sent) == 2
+    assert "already released" in refused
+    assert after.out == "" and "no results held" in after.err
+    with PendingStore.open(state_dir) as store:
+        assert store.get(second_id).reason == "odd"
+
+
+def test_cli_release_of_an_unknown_id_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = spoke_config(tmp_path)
+    spoke_state(tmp_path / "state")
+
+    assert main(["spoke", "release", "7", "--config", str(config)]) == 1
+    assert "no held result with id 7" in capsys.readouterr().err
+    assert outbox(tmp_path / "state") == []
