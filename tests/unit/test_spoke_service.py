@@ -275,3 +275,53 @@ def test_cases_interrupted_by_a_crash_run_again_on_restart(site: Path) -> None:
     assert {r.attempt for r in results} == {1}
     assert engine.removed == [{"org.elic.spoke": "site-01"}]  # its own orphans, no one else's
     assert not (site / "state" / "work" / "leftover").exists()
+
+
+def test_an_output_naming_the_patient_never_leaves(site: Path) -> None:
+    def leak(out: Path) -> None:
+        (out / "output.json").write_text('{"score": 0.5, "note": "nodule of MOREAU"}')
+
+    server = InMemoryBroker()
+    spoke = run_spoke(site, server, FakeEngine(leak), order())
+    try:
+        messages = until(server, lambda seen: finished(seen) >= 2)
+    finally:
+        spoke.stop()
+    failed = [x for x in messages if isinstance(x, m.CaseStatus) and x.state == "failed"]
+    codes = [f.error.code.value for f in failed if f.error]
+    results = [x for x in messages if isinstance(x, m.CaseResult)]
+    # Only in Moreau's own case is "MOREAU" an identifier; Okafor's output names nobody of his.
+    assert codes == ["OUTPUT_PHI"]
+    assert len(results) == 1
+    assert {failed[0].participant_id, results[0].participant_id} == {
+        x.participant_id for x in messages if isinstance(x, m.CaseStatus)
+    }
+
+
+def test_with_manual_release_results_wait_for_a_person(site: Path) -> None:
+    from dataclasses import replace
+
+    from workbench.spoke_service.pending import PendingStore, release_held
+    from workbench.spoke_service.policy import SpokePolicy
+
+    server = InMemoryBroker()
+    held_config = replace(config(site), policy=SpokePolicy(manual_release=True))
+    spoke = Spoke(held_config, server.connect(), FakeEngine(write_score))
+    spoke.start()
+    hub = server.connect()
+    hub.send(m.orders_queue("site-01"), order())
+    try:
+        until(server, lambda seen: sum(getattr(x, "state", "") == "running" for x in seen) >= 2)
+        store = PendingStore.open(held_config.state_dir)
+        deadline = time.monotonic() + 20
+        while len(store.list()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert not any(isinstance(x, m.CaseResult) for x in inbox(server))
+        release_held(held_config.state_dir, store.list()[0].id)
+        store.close()
+        released = until(server, lambda seen: any(isinstance(x, m.CaseResult) for x in seen))
+    finally:
+        spoke.stop()
+        hub.close()
+    assert len([x for x in released if isinstance(x, m.CaseResult)]) == 1

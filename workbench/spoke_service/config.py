@@ -9,8 +9,11 @@
     reference_csv = "/data/reference.csv"     # optional site-local reference standard
     concurrency = 1                           # cases run at once
     heartbeat_s = 30
-    max_timeout_s = 3600                      # ceilings an order cannot exceed
+
+    [policy]                                  # the institution's rules: see policy.py
+    max_timeout_s = 3600                      # ceilings no order can exceed
     max_memory = "4g"
+    manual_release = false                    # true: every result waits for a person
 
 Relative paths are relative to the file's folder.
 """
@@ -19,12 +22,12 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError
-from workbench.spoke_service.sandbox import parse_size
+from workbench.spoke_service.policy import SpokePolicy
 
 _SPOKE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -40,8 +43,7 @@ class SpokeConfig:
     reference_csv: Path | None = None
     concurrency: int = 1
     heartbeat_s: float = 30.0
-    max_timeout_s: float = 3600.0
-    max_memory_bytes: int = 4 * 1024**3
+    policy: SpokePolicy = field(default_factory=SpokePolicy)
 
     def __post_init__(self) -> None:
         if not _SPOKE_ID.match(self.spoke_id):
@@ -64,7 +66,7 @@ class SpokeConfig:
     def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> SpokeConfig:
         """Build from parsed settings; unknown keys are an error (typos must not pass)."""
         known = {"spoke_id", "state_dir", "dicom_dir", "broker", "reference_csv",
-                 "concurrency", "heartbeat_s", "max_timeout_s", "max_memory"}  # fmt: skip
+                 "concurrency", "heartbeat_s", "policy"}  # fmt: skip
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown spoke settings: {', '.join(sorted(unknown))}")
@@ -81,8 +83,7 @@ class SpokeConfig:
                 reference_csv=base / data["reference_csv"] if data.get("reference_csv") else None,
                 concurrency=int(data.get("concurrency", 1)),
                 heartbeat_s=float(data.get("heartbeat_s", 30.0)),
-                max_timeout_s=float(data.get("max_timeout_s", 3600.0)),
-                max_memory_bytes=parse_size(str(data.get("max_memory", "4g"))),
+                policy=SpokePolicy.from_dict(data.get("policy")),
             )
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid spoke setting: {e}") from e

@@ -34,7 +34,9 @@ from workbench.spoke_service.catalog import Catalog
 from workbench.spoke_service.config import SpokeConfig
 from workbench.spoke_service.engine import ContainerEngine
 from workbench.spoke_service.outbox import OutboxSender
+from workbench.spoke_service.pending import HELD_STATE, CaseKey, PendingStore
 from workbench.spoke_service.reference import SiteReference
+from workbench.spoke_service.release_gate import ReleaseGate
 from workbench.spoke_service.runner import CaseRunner, RunResult
 from workbench.spoke_service.sandbox import SPOKE_LABEL, Limits
 from workbench.spoke_service.staging import Staging
@@ -75,6 +77,8 @@ class Spoke:
         )  # fmt: skip
         self._cases: OrderedDict[str, Case] = OrderedDict()
         self._outbox = OutboxSender(self.state, broker)
+        self._gate = ReleaseGate(config.policy)
+        self._pending = PendingStore.open(config.state_dir)
         self._work = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -121,6 +125,7 @@ class Spoke:
         self._outbox.stop()
         self._broker.close()
         self.state.close()
+        self._pending.close()
         self.catalog.close()
 
     def _spawn(self, target: Any, name: str) -> None:
@@ -226,9 +231,8 @@ class Spoke:
         try:
             image_id = self._verified_image(algorithm)
             built = self._case(case.patient_id)
-            limits = Limits(
-                timeout_s=min(manifest.timeout_s, self.config.max_timeout_s),
-                memory_bytes=min(manifest.memory_bytes, self.config.max_memory_bytes),
+            limits = self.config.policy.bound(
+                Limits(timeout_s=manifest.timeout_s, memory_bytes=manifest.memory_bytes)
             )
             result = self._runner.run(built, image_id, algorithm.args, limits)
         except (EngineError, CaseError) as e:
@@ -242,7 +246,23 @@ class Spoke:
             log.warning("case %s/%s: %s (%s; log %s)", case.participant_id, case.algorithm,
                         result.error.code.value, result.detail, result.log_path)  # fmt: skip
             return "failed", [self._status(case, "failed", result.error)], result.error.code.value
+        assert result.output is not None and result.output_bytes is not None
+        verdict = self._gate.check(
+            result.output,
+            result.output_bytes,
+            self.catalog.participant_headers(case.patient_id),
+            algorithm.output_schema,
+        )
+        if verdict.rejected and verdict.error is not None:
+            # The detail names fields and kinds of identifier; it stays in the local log.
+            log.error("case %s/%s withheld: %s", case.participant_id, case.algorithm,
+                      verdict.detail)  # fmt: skip
+            return "failed", [self._status(case, "failed", verdict.error)], verdict.error.code.value
         message = self._result(case, order, image_id, result)
+        if verdict.held:
+            self._pending.hold(CaseKey.of(message), m.encode(message), verdict.summary)
+            log.info("case %s/%s held for release", case.participant_id, case.algorithm)
+            return HELD_STATE, [], None
         return "done", [(m.HUB_INBOX, m.encode(message)), self._status(case, "done")], None
 
     def _case(self, patient_id: str) -> Case:
