@@ -22,7 +22,7 @@
      ├── DemoError              the demo study did not complete (``workbench.demo``)
      ├── TrustError             a key, a signature or an audit log failed (``workbench.trust``)
      │    ├── KeyFileError      a key file is missing, unreadable, not Ed25519, or exists already
-     │    ├── CanonicalJSONError  a document has no RFC 8785 form (NaN, an integer past 2**53)
+     │    ├── CanonicalJSONError  a document has no RFC 8785 form (NaN, 2**53 + 1, ...)
      │    ├── SignatureError    refused: ``reason`` is malformed, unknown_key, wrong_signer or
      │    │    │                bad_signature; ``key_id`` names the signer when known
      │    │    └── ImageSignatureError  an image refused before it runs; ``reason`` adds
@@ -113,8 +113,8 @@ class KeyFileError(TrustError):
 class CanonicalJSONError(TrustError):
     """A document has no RFC 8785 canonical form.
 
-    NaN, infinity, an integer beyond +-(2**53 - 1), a non-string key, a lone surrogate, or a
-    value that is not JSON at all.
+    NaN, infinity, an integer no IEEE double holds exactly (``2**53 + 1``), a non-string key,
+    a lone surrogate, or a value that is not JSON at all.
     """
 
 

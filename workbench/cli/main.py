@@ -13,10 +13,22 @@ import sys
 from collections.abc import Sequence
 
 from workbench import __version__
-from workbench.cli import algorithm, broker, demo, experiment, hub, images, report, spoke, synth
+from workbench.cli import (
+    algorithm,
+    audit,
+    broker,
+    demo,
+    experiment,
+    hub,
+    images,
+    keys,
+    report,
+    spoke,
+    synth,
+)
 from workbench.errors import WorkbenchError
 
-AREAS = (images, synth, spoke, algorithm, demo, report, hub, experiment, broker)
+AREAS = (images, synth, spoke, algorithm, demo, report, hub, experiment, broker, keys, audit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
