@@ -54,7 +54,7 @@ from workbench.errors import CanonicalJSONError, SignatureError
 from workbench.trust.canonical import canonical_json
 from workbench.trust.keys import TrustStore, key_id
 
-__all__ = ["Signature", "open_sealed", "seal", "sign", "verify"]
+__all__ = ["Signature", "open_sealed", "seal", "sign", "verify", "verify_bytes"]
 
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 _SIGNATURE_BYTES = 64
@@ -142,11 +142,26 @@ def verify(
     kid = signature.key_id
     if not isinstance(document, dict):
         raise SignatureError("malformed", "a signed document is a JSON object", kid)
-    raw = signature.raw()
     try:
         data = canonical_json(document)
     except CanonicalJSONError as e:
         raise SignatureError("malformed", f"the signed document: {e}", kid) from e
+    verify_bytes(data, signature, trust, signer)
+
+
+def verify_bytes(
+    data: bytes, signature: Signature, trust: TrustStore, signer: str | None = None
+) -> str:
+    """Check ``signature`` over exactly ``data``; returns the signer's name.
+
+    Used for wire messages, whose body the sender makes canonical before signing: checking
+    the bytes as received avoids canonicalising again (a third of the cost of ``verify``).
+
+    Raises:
+        SignatureError: ``malformed``, ``unknown_key``, ``wrong_signer`` or ``bad_signature``.
+    """
+    kid = signature.key_id
+    raw = signature.raw()
     public = trust.get(kid)
     if public is None:
         raise SignatureError("unknown_key", f"signed by unknown key {kid}", kid)
@@ -163,6 +178,7 @@ def verify(
             f"the signature by {name}'s key {kid} does not match the document (altered or forged)",
             kid,
         ) from e
+    return name or kid
 
 
 def seal(payload: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
