@@ -75,6 +75,9 @@ class AlgorithmRef(BaseModel):
     digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
     args: dict[str, Any] = Field(default_factory=dict)
     output_schema: dict[str, Any] | None = None
+    # The publisher's image signature (cosign-style simple-signing payload and Ed25519
+    # signature, ``workbench algorithm sign``); spokes verify it by digest before every run.
+    signature: dict[str, Any] | None = None
 
 
 class Manifest(BaseModel):
@@ -180,6 +183,9 @@ class CaseResult(_CaseMessage):
     output_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     reference: dict[str, float | None] = Field(default_factory=dict)
     seconds: Annotated[float, Field(ge=0)] = 0.0
+    # The spoke's audit-chain head ("SEQ:HASH") after this result was recorded: the hub
+    # keeps the latest per spoke, so a truncated spoke log can be detected later.
+    audit_head: Annotated[str, Field(pattern=r"^[0-9]+:[0-9a-f]{64}$")] | None = None
 
 
 class SpokeHeartbeat(_Message):
