@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dicom_factory import Identity, write_ct_series
@@ -13,9 +14,13 @@ from fakes import IMAGE_ID, FakeEngine
 
 from workbench.core import messages as m
 from workbench.spoke_service.config import SpokeConfig
+from workbench.spoke_service.policy import SpokePolicy
 from workbench.spoke_service.service import Spoke
 from workbench.transport.base import DEAD_LETTER_QUEUE
 from workbench.transport.memory import InMemoryBroker
+from workbench.trust.image_signature import sign_image
+from workbench.trust.keys import generate_key, key_id
+from workbench.trust.wire import WireSigner
 
 PEOPLE = [
     Identity(patient_id="MRN-1001", patient_name="Moreau^Claire", accession="ACC-A1"),
@@ -40,15 +45,45 @@ def write_score(out: Path) -> None:
     (out / "output.json").write_text('{"score": 0.25}')
 
 
+HUB_KEY, PUBLISHER_KEY, STRANGER_KEY = generate_key(), generate_key(), generate_key()
+HUB = WireSigner(HUB_KEY)
+
+
 def config(root: Path, spoke_id: str = "site-01") -> SpokeConfig:
+    keys = root / "trusted"
+    if not keys.exists():
+        keys.mkdir()
+        for name, key in [("hub", HUB_KEY), ("lab", PUBLISHER_KEY)]:
+            (keys / f"{name}.pem").write_bytes(public_pem(key))
+    policy = SpokePolicy(signers=frozenset({key_id(HUB_KEY), key_id(PUBLISHER_KEY)}))
     return SpokeConfig(
         spoke_id=spoke_id, state_dir=root / "state", dicom_dir=root / "dicom",
         broker=("memory://",), reference_csv=root / "reference.csv", heartbeat_s=3600,
+        trusted_keys=(keys,), policy=policy,
     )  # fmt: skip
 
 
+def public_pem(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def algorithm_ref(image: str = "elic/score:1", digest: str = IMAGE_ID) -> m.AlgorithmRef:
+    signature = sign_image(image, digest, PUBLISHER_KEY)
+    return m.AlgorithmRef(name="score", version="1", image=image, digest=digest,
+                          signature=signature)  # fmt: skip
+
+
+def send_order(connection: Any, body: bytes, signer: WireSigner = HUB) -> None:
+    """Send as the hub does: the body signed, the signature in a header."""
+    connection.send(m.orders_queue("site-01"), body, signer.headers(body))
+
+
 def order(spoke_id: str = "site-01", experiment_id: str = "exp-1", **manifest: object) -> bytes:
-    algorithm = m.AlgorithmRef(name="score", version="1", image="elic/score:1", digest=IMAGE_ID)
+    algorithm = algorithm_ref()
     fields: dict[str, object] = dict(
         experiment_id=experiment_id, study="lung-screening", algorithms=(algorithm,),
         spokes=(spoke_id,), cohort={"modality": "CT", "min_timepoints": 2},
@@ -93,7 +128,7 @@ def run_spoke(site: Path, server: InMemoryBroker, engine: FakeEngine, *orders: b
     spoke.start()
     hub = server.connect()
     for body in orders:
-        hub.send(m.orders_queue("site-01"), body)
+        send_order(hub, body)
     hub.close()
     return spoke
 
@@ -198,15 +233,12 @@ def test_a_cancelled_experiment_runs_no_queued_case(site: Path) -> None:
     spoke = Spoke(config(site), server.connect(), FakeEngine(slow_until_cancelled))
     spokes.append(spoke)
     spoke.start()
-    hub.send(m.orders_queue("site-01"), order())
+    send_order(hub, order())
     try:
         started = until(
             server, lambda seen: any(getattr(x, "state", "") == "running" for x in seen)
         )
-        hub.send(
-            m.orders_queue("site-01"),
-            m.encode(m.ExperimentCancel(spoke_id="site-01", experiment_id="exp-1")),
-        )
+        send_order(hub, m.encode(m.ExperimentCancel(spoke_id="site-01", experiment_id="exp-1")))
         messages = started + until(server, lambda seen: finished(seen) >= 2)
         time.sleep(0.2)  # let a wrongly started second case show up
     finally:
@@ -227,8 +259,7 @@ def test_an_image_absent_locally_is_pulled_by_digest_and_checked(site: Path) -> 
     server = InMemoryBroker()
     engine = FakeEngine(write_score, local=set())
     ref = "127.0.0.1:5000/elic/score@sha256:" + "cd" * 32
-    spoke = run_spoke(site, server, engine, order(algorithms=(m.AlgorithmRef(
-        name="score", version="1", image=ref, digest=IMAGE_ID),)))  # fmt: skip
+    spoke = run_spoke(site, server, engine, order(algorithms=(algorithm_ref(ref),)))
     try:
         messages = until(server, lambda seen: finished(seen) >= 2)
     finally:
@@ -240,9 +271,7 @@ def test_an_image_absent_locally_is_pulled_by_digest_and_checked(site: Path) -> 
 def test_a_swapped_image_fails_every_case_before_running(site: Path) -> None:
     server = InMemoryBroker()
     engine = FakeEngine(write_score)
-    swapped = m.AlgorithmRef(
-        name="score", version="1", image="elic/score:1", digest="sha256:" + "0" * 64
-    )
+    swapped = algorithm_ref(digest="sha256:" + "0" * 64)  # signed, but not what is local
     spoke = run_spoke(site, server, engine, order(algorithms=(swapped,)))
     try:
         messages = until(server, lambda seen: finished(seen) >= 2)
@@ -262,6 +291,7 @@ def test_cases_interrupted_by_a_crash_run_again_on_restart(site: Path) -> None:
     first.state.claim_next(lambda c: [])  # a case was running when the process died
     first.state.close()
     first.catalog.close()
+    first.audit.close()  # the dead process's lock on its audit log goes with it
     (site / "state" / "work" / "leftover" / "output").mkdir(parents=True)  # a crashed run's
     engine = FakeEngine(write_score)
     spoke = Spoke(config(site), server.connect(), engine)
@@ -302,14 +332,14 @@ def test_with_manual_release_results_wait_for_a_person(site: Path) -> None:
     from dataclasses import replace
 
     from workbench.spoke_service.pending import PendingStore, release_held
-    from workbench.spoke_service.policy import SpokePolicy
 
     server = InMemoryBroker()
-    held_config = replace(config(site), policy=SpokePolicy(manual_release=True))
+    base = config(site)
+    held_config = replace(base, policy=replace(base.policy, manual_release=True))
     spoke = Spoke(held_config, server.connect(), FakeEngine(write_score))
     spoke.start()
     hub = server.connect()
-    hub.send(m.orders_queue("site-01"), order())
+    send_order(hub, order())
     try:
         until(server, lambda seen: sum(getattr(x, "state", "") == "running" for x in seen) >= 2)
         store = PendingStore.open(held_config.state_dir)
@@ -325,3 +355,79 @@ def test_with_manual_release_results_wait_for_a_person(site: Path) -> None:
         spoke.stop()
         hub.close()
     assert len([x for x in released if isinstance(x, m.CaseResult)]) == 1
+
+
+def test_unsigned_or_foreign_orders_are_refused_and_audited(site: Path) -> None:
+    server = InMemoryBroker()
+    spoke = Spoke(config(site), server.connect(), FakeEngine(write_score))
+    spoke.start()
+    hub = server.connect()
+    hub.send(m.orders_queue("site-01"), order())  # no signature
+    send_order(hub, order(), WireSigner(STRANGER_KEY))  # signed, by nobody the spoke trusts
+    send_order(hub, order(), WireSigner(PUBLISHER_KEY))  # trusted, but not as the hub
+    try:
+        deadline = time.monotonic() + 20
+        while server.depth(DEAD_LETTER_QUEUE) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        spoke.stop()
+        hub.close()
+    assert not any(isinstance(x, m.ExperimentAccepted) for x in inbox(server))
+    lines = [json.loads(line) for line in (site / "state" / "audit.log").read_text().splitlines()]
+    reasons = [e["data"]["reason"] for e in lines if e["event"] == "order.rejected"]
+    assert reasons == ["unsigned", "unknown_key", "wrong_signer"]
+
+
+def test_an_unsigned_image_never_runs(site: Path) -> None:
+    server = InMemoryBroker()
+    engine = FakeEngine(write_score)
+    unsigned = m.AlgorithmRef(name="score", version="1", image="elic/score:1", digest=IMAGE_ID)
+    forged = algorithm_ref().model_copy(
+        update={"signature": sign_image("elic/score:1", IMAGE_ID, STRANGER_KEY)}
+    )
+    for algorithm in (unsigned, forged):
+        spoke = run_spoke(
+            site, server, engine, order(algorithms=(algorithm,), experiment_id=f"e-{id(algorithm)}")
+        )
+        try:
+            messages = until(server, lambda seen: finished(seen) >= 2)
+        finally:
+            spoke.stop()
+        codes = [x.error.code.value for x in messages if isinstance(x, m.CaseStatus) and x.error]
+        assert codes == ["IMAGE_UNTRUSTED"] * 2
+    assert engine.specs == []
+
+
+def test_results_are_signed_and_name_their_audit_entry(site: Path) -> None:
+    from workbench.trust.keys import TrustStore, load_public_key
+    from workbench.trust.wire import verify_wire
+
+    server = InMemoryBroker()
+    spoke = run_spoke(site, server, FakeEngine(write_score), order())
+    received: list[tuple[bytes, dict[str, str]]] = []
+    watcher = server.connect()
+    watcher.subscribe(m.HUB_INBOX, lambda d: (received.append((d.body, d.headers)), d.ack()))
+    try:
+        deadline = time.monotonic() + 20
+        while sum(b'"case.result"' in body for body, _ in received) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        watcher.close()
+        spoke.stop()
+    trust = TrustStore()
+    trust.add(load_public_key(site / "state" / "keys" / "public.pem"), name="site-01")
+    for body, headers in received:
+        assert verify_wire(body, headers, trust, signer="site-01") == "site-01"
+    results = [m.parse_message(b) for b, _ in received if b'"case.result"' in b]
+    from workbench.trust.audit import verify as verify_audit
+
+    report = verify_audit(site / "state" / "audit.log")
+    assert report.ok
+    entries = [json.loads(x) for x in (site / "state" / "audit.log").read_text().splitlines()]
+    by_head = {f"{e['seq']}:{e['hash']}": e for e in entries}
+    for result in results:
+        entry = by_head[result.audit_head]  # type: ignore[union-attr, index]
+        assert entry["event"] == "result.released"
+        assert entry["data"]["output_sha256"] == result.output_sha256  # type: ignore[union-attr]

@@ -36,6 +36,7 @@ class RunErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
     OUTPUT_PHI = "OUTPUT_PHI"
     RELEASE_REJECTED = "RELEASE_REJECTED"
+    IMAGE_UNTRUSTED = "IMAGE_UNTRUSTED"
 
 
 REASONS: dict[RunErrorCode, str] = {
@@ -57,6 +58,8 @@ REASONS: dict[RunErrorCode, str] = {
     RunErrorCode.INTERNAL: "the spoke failed internally while running the case",
     RunErrorCode.OUTPUT_PHI: "the output held an identifier, date or UID from the case's DICOM",
     RunErrorCode.RELEASE_REJECTED: "a reviewer at the spoke declined to release the result",
+    RunErrorCode.IMAGE_UNTRUSTED: "the algorithm image is unsigned, or not signed for this digest "
+    "by a publisher the spoke trusts",
 }
 
 

@@ -7,6 +7,8 @@
     dicom_dir = "/data/dicom"                 # indexed at start
     broker = ["stomp://127.0.0.1:61613"]      # tried in order, for failover
     reference_csv = "/data/reference.csv"     # optional site-local reference standard
+    trusted_keys = ["keys/hub.pem", "keys/publishers"]   # the hub's key must be hub.pem
+    signing_key = "keys/site-01/private.pem"  # default: made in state_dir/keys on first start
     concurrency = 1                           # cases run at once
     heartbeat_s = 30
 
@@ -44,6 +46,8 @@ class SpokeConfig:
     concurrency: int = 1
     heartbeat_s: float = 30.0
     policy: SpokePolicy = field(default_factory=SpokePolicy)
+    trusted_keys: tuple[Path, ...] = ()
+    signing_key: Path | None = None
 
     def __post_init__(self) -> None:
         if not _SPOKE_ID.match(self.spoke_id):
@@ -66,7 +70,7 @@ class SpokeConfig:
     def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> SpokeConfig:
         """Build from parsed settings; unknown keys are an error (typos must not pass)."""
         known = {"spoke_id", "state_dir", "dicom_dir", "broker", "reference_csv",
-                 "concurrency", "heartbeat_s", "policy"}  # fmt: skip
+                 "concurrency", "heartbeat_s", "policy", "trusted_keys", "signing_key"}  # fmt: skip
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown spoke settings: {', '.join(sorted(unknown))}")
@@ -84,6 +88,8 @@ class SpokeConfig:
                 concurrency=int(data.get("concurrency", 1)),
                 heartbeat_s=float(data.get("heartbeat_s", 30.0)),
                 policy=SpokePolicy.from_dict(data.get("policy")),
+                trusted_keys=tuple(base / str(p) for p in data.get("trusted_keys", ())),
+                signing_key=base / data["signing_key"] if data.get("signing_key") else None,
             )
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid spoke setting: {e}") from e
@@ -97,6 +103,16 @@ class SpokeConfig:
     def state_path(self) -> Path:
         """Orders, cases and the outbox."""
         return self.state_dir / "state.sqlite"
+
+    @property
+    def audit_path(self) -> Path:
+        """The spoke's hash-chained audit log."""
+        return self.state_dir / "audit.log"
+
+    @property
+    def key_path(self) -> Path:
+        """The spoke's Ed25519 signing key (made in ``state_dir/keys`` when not configured)."""
+        return self.signing_key or self.state_dir / "keys" / "private.pem"
 
     @property
     def secret_path(self) -> Path:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from workbench.spoke_service.state import SpokeState
 from workbench.transport.base import Broker, TransportError
+from workbench.trust.wire import WireSigner
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +27,17 @@ _BACKOFF_MAX_S = 10.0
 class OutboxSender:
     """A background thread draining the outbox into the broker."""
 
-    def __init__(self, state: SpokeState, broker: Broker) -> None:
+    def __init__(
+        self,
+        state: SpokeState,
+        broker: Broker,
+        signer: WireSigner,
+        on_sent: Callable[[list[int]], None] | None = None,
+    ) -> None:
         self._state = state
         self._broker = broker
+        self._signer = signer
+        self._on_sent = on_sent
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
@@ -69,7 +79,8 @@ class OutboxSender:
                 for item in batch:
                     if self._stop.is_set():
                         break
-                    self._broker.send(item.destination, item.body)
+                    # Signed as sent: Ed25519 is deterministic, so a resend is the same message.
+                    self._broker.send(item.destination, item.body, self._signer.headers(item.body))
                     confirmed.append(item.seq)
                 backoff = _BACKOFF_MIN_S
             except TransportError as e:
@@ -81,3 +92,5 @@ class OutboxSender:
                 # the hub deduplicates on their natural keys.
                 if confirmed:
                     self._state.mark_sent(confirmed)
+                    if self._on_sent is not None:
+                        self._on_sent(confirmed)

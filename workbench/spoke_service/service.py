@@ -24,12 +24,15 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel
+
 from workbench.core import messages as m
 from workbench.core.cohort import matches
 from workbench.core.participant import Case, build_case
 from workbench.core.pseudonym import Pseudonymizer
 from workbench.core.run_errors import Error, RunErrorCode
-from workbench.errors import CaseError, EngineError
+from workbench.errors import CaseError, EngineError, SignatureError
 from workbench.spoke_service.catalog import Catalog
 from workbench.spoke_service.config import SpokeConfig
 from workbench.spoke_service.engine import ContainerEngine
@@ -42,6 +45,11 @@ from workbench.spoke_service.sandbox import SPOKE_LABEL, Limits
 from workbench.spoke_service.staging import Staging
 from workbench.spoke_service.state import CaseRow, SpokeState
 from workbench.transport.base import Broker, Delivery, Subscription
+from workbench.trust.audit import AuditLog
+from workbench.trust.canonical import canonical_json
+from workbench.trust.image_signature import verify_image_signature
+from workbench.trust.keys import TrustStore, load_private_key, new_key_pair
+from workbench.trust.wire import WireSigner, signature_of, verify_wire
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +84,15 @@ class Spoke:
             background_cleanup=True, labels={SPOKE_LABEL: config.spoke_id},
         )  # fmt: skip
         self._cases: OrderedDict[str, Case] = OrderedDict()
-        self._outbox = OutboxSender(self.state, broker)
+        self._trust = (
+            TrustStore.from_paths(config.trusted_keys) if config.trusted_keys else TrustStore()
+        )
+        self._signer = WireSigner(_signing_key(config))
+        self.audit = AuditLog(config.audit_path)
+        self._outbox = OutboxSender(
+            self.state, broker, self._signer,
+            on_sent=self._audit_sent,
+        )  # fmt: skip
         self._gate = ReleaseGate(config.policy)
         self._pending = PendingStore.open(config.state_dir)
         self._work = threading.Event()
@@ -102,6 +118,8 @@ class Spoke:
         requeued = self.state.requeue_interrupted()
         if requeued:
             log.warning("re-running %d cases interrupted by the last shutdown", requeued)
+        self.audit.append("spoke.started", {"key_id": self._signer.key_id, "requeued": requeued,
+                                            "trusted_keys": list(self._trust.key_ids)})  # fmt: skip
         self._announce_catalog()
         self._outbox.start()
         for n in range(self.config.concurrency):
@@ -126,6 +144,8 @@ class Spoke:
         self._broker.close()
         self.state.close()
         self._pending.close()
+        self.audit.append("spoke.stopped", {})
+        self.audit.close()
         self.catalog.close()
 
     def _spawn(self, target: Any, name: str) -> None:
@@ -137,13 +157,22 @@ class Spoke:
 
     def _on_order(self, delivery: Delivery) -> None:
         try:
+            verify_wire(delivery.body, delivery.headers, self._trust, signer="hub")
+            key = signature_of(delivery.headers).key_id
+            if not self.config.policy.accepts_signer(key):
+                raise SignatureError("not_accepted", f"the policy does not accept key {key}", key)
             message = m.parse_message(delivery.body)
-        except m.MessageError as e:
-            log.error("rejected a malformed order message: %s", e)
+        except (SignatureError, m.MessageError) as e:
+            reason = getattr(e, "reason", "malformed_message")
+            log.error("rejected an order message (%s): %s", reason, e)
+            self.audit.append(
+                "order.rejected", {"reason": reason, "message_id": delivery.message_id}
+            )
             delivery.reject()
             return
         if getattr(message, "spoke_id", None) != self.config.spoke_id:
             log.error("rejected a %s addressed to another spoke", message.type)
+            self.audit.append("order.rejected", {"reason": "other_spoke", "message_id": message.id})
             delivery.reject()
             return
         if isinstance(message, m.ExperimentOrder):
@@ -154,8 +183,13 @@ class Spoke:
             self.state.store_order(
                 message.manifest.experiment_id, message.manifest_hash, delivery.body
             )
+            self.audit.append("order.received", {
+                "experiment_id": message.manifest.experiment_id, "message_id": message.id,
+                "manifest_hash": message.manifest_hash, "signer": key,
+            })  # fmt: skip
             self._plan(message)
         elif isinstance(message, m.ExperimentCancel):
+            self.audit.append("order.cancel", {"experiment_id": message.experiment_id})
             self._cancel(message.experiment_id)
         else:
             log.error("rejected a %s on the orders queue", message.type)
@@ -192,10 +226,10 @@ class Spoke:
             participants=participants,
             cases=len(rows),
         )
-        self.state.add_cases(rows, [(m.HUB_INBOX, m.encode(accepted)), *outgoing])
+        self.state.add_cases(rows, [(m.HUB_INBOX, _body(accepted)), *outgoing])
         if not rows:
             # add_cases queues nothing when nothing is new: say so explicitly.
-            self.state.enqueue([(m.HUB_INBOX, m.encode(accepted))])
+            self.state.enqueue([(m.HUB_INBOX, _body(accepted))])
             log.warning("experiment %s: no case matches its cohort", manifest.experiment_id)
 
     def _cancel(self, experiment_id: str) -> None:
@@ -237,6 +271,7 @@ class Spoke:
             result = self._runner.run(built, image_id, algorithm.args, limits)
         except (EngineError, CaseError) as e:
             log.error("case %s/%s failed: %s", case.participant_id, case.algorithm, e.detail)
+            self._audit_failure(case, e.code.value)
             return "failed", [self._status(case, "failed", Error.of(e.code))], e.code.value
         except Exception:
             log.exception("case %s/%s failed inside the spoke", case.participant_id, case.algorithm)
@@ -245,6 +280,7 @@ class Spoke:
         if result.error is not None:
             log.warning("case %s/%s: %s (%s; log %s)", case.participant_id, case.algorithm,
                         result.error.code.value, result.detail, result.log_path)  # fmt: skip
+            self._audit_failure(case, result.error.code.value)
             return "failed", [self._status(case, "failed", result.error)], result.error.code.value
         assert result.output is not None and result.output_bytes is not None
         verdict = self._gate.check(
@@ -257,13 +293,25 @@ class Spoke:
             # The detail names fields and kinds of identifier; it stays in the local log.
             log.error("case %s/%s withheld: %s", case.participant_id, case.algorithm,
                       verdict.detail)  # fmt: skip
+            self._audit_failure(case, verdict.error.code.value)
             return "failed", [self._status(case, "failed", verdict.error)], verdict.error.code.value
         message = self._result(case, order, image_id, result)
         if verdict.held:
-            self._pending.hold(CaseKey.of(message), m.encode(message), verdict.summary)
+            self.audit.append("result.held", {"participant_id": case.participant_id,
+                                              "algorithm": case.algorithm})  # fmt: skip
+            self._pending.hold(CaseKey.of(message), _body(message), verdict.summary)
             log.info("case %s/%s held for release", case.participant_id, case.algorithm)
             return HELD_STATE, [], None
-        return "done", [(m.HUB_INBOX, m.encode(message)), self._status(case, "done")], None
+        return "done", [(m.HUB_INBOX, _body(message)), self._status(case, "done")], None
+
+    def _audit_sent(self, seqs: list[int]) -> None:
+        self.audit.append("messages.sent", {"outbox": seqs})
+
+    def _audit_failure(self, case: CaseRow, code: str) -> None:
+        self.audit.append("case.failed", {
+            "experiment_id": case.experiment_id, "participant_id": case.participant_id,
+            "algorithm": case.algorithm, "attempt": case.attempt, "code": code,
+        })  # fmt: skip
 
     def _case(self, patient_id: str) -> Case:
         """One participant's case, from a small cache (planning built it moments ago)."""
@@ -281,7 +329,13 @@ class Spoke:
         return case
 
     def _verified_image(self, algorithm: m.AlgorithmRef) -> str:
-        """The local image id of ``algorithm``, pulled by digest if needed and checked."""
+        """The local image id of ``algorithm``: signed, pulled by digest if needed, checked.
+
+        The publisher's signature is checked before every run, against the digest the order
+        names; the image is then run by that content id, so a tag moved meanwhile changes
+        nothing.
+        """
+        self._check_image_signature(algorithm)
         with self._cache_lock:
             if algorithm.digest in self._verified:
                 return self._verified[algorithm.digest]
@@ -299,10 +353,30 @@ class Spoke:
             self._verified[algorithm.digest] = info.id
             return info.id
 
+    def _check_image_signature(self, algorithm: m.AlgorithmRef) -> None:
+        policy = self.config.policy
+        try:
+            signed = verify_image_signature(algorithm.signature, algorithm.digest, self._trust)
+            if not policy.accepts_signer(signed.key_id):
+                raise SignatureError("not_accepted", f"key {signed.key_id} is not accepted")
+            if not policy.accepts_image(algorithm.digest):
+                raise SignatureError("not_accepted", f"{algorithm.digest} is not on the list")
+        except SignatureError as e:
+            self.audit.append("image.refused", {"digest": algorithm.digest, "reason": e.reason})
+            raise EngineError(RunErrorCode.IMAGE_UNTRUSTED, f"{algorithm.image}: {e}") from e
+
     def _result(
         self, case: CaseRow, order: m.ExperimentOrder, image_id: str, result: RunResult
     ) -> m.CaseResult:
         assert result.output is not None and result.output_bytes is not None
+        output_sha256 = hashlib.sha256(result.output_bytes).hexdigest()
+        # The chain of custody: the result names the audit entry that records it.
+        self.audit.append("result.released", {
+            "experiment_id": case.experiment_id, "participant_id": case.participant_id,
+            "algorithm": case.algorithm, "attempt": case.attempt,
+            "manifest_hash": order.manifest_hash, "image_digest": image_id,
+            "output_sha256": output_sha256,
+        })  # fmt: skip
         return m.CaseResult(
             experiment_id=case.experiment_id,
             spoke_id=self.config.spoke_id,
@@ -312,9 +386,10 @@ class Spoke:
             manifest_hash=order.manifest_hash,
             image_digest=image_id,
             output=result.output,
-            output_sha256=hashlib.sha256(result.output_bytes).hexdigest(),
+            output_sha256=output_sha256,
             reference=self._reference.for_patient(case.patient_id, order.manifest.reference_fields),
             seconds=round(result.seconds, 3),
+            audit_head=str(self.audit.head()),
         )
 
     def _status(self, case: CaseRow, state: str, error: Error | None = None) -> tuple[str, bytes]:
@@ -327,7 +402,7 @@ class Spoke:
             state=state,  # type: ignore[arg-type]
             error=m.ErrorInfo(code=error.code, reason=error.reason) if error else None,
         )
-        return (m.HUB_INBOX, m.encode(status))
+        return (m.HUB_INBOX, _body(status))
 
     # announcements ----------------------------------------------------------------------
 
@@ -341,7 +416,7 @@ class Spoke:
                 running=counts.get("running", 0),
                 participants=self.catalog.counts().participants,
             )
-            self.state.enqueue([(m.HUB_INBOX, m.encode(beat))])
+            self.state.enqueue([(m.HUB_INBOX, _body(beat))])
             self._outbox.notify()
             self._stopping.wait(self.config.heartbeat_s)
 
@@ -359,7 +434,7 @@ class Spoke:
             json.dumps([counts.instances, counts.series, summary], sort_keys=True).encode()
         ).hexdigest()
         if self.state.get_setting("manifest") != fingerprint:
-            self.state.enqueue([(m.HUB_INBOX, m.encode(manifest))])
+            self.state.enqueue([(m.HUB_INBOX, _body(manifest))])
             self.state.set_setting("manifest", fingerprint)
 
     # numbers ----------------------------------------------------------------------------
@@ -369,6 +444,22 @@ class Spoke:
         counts = self.state.counts()
         busy = counts.get("queued", 0) + counts.get("running", 0)
         return busy == 0 and not self.state.pending(limit=1)
+
+
+def _body(message: BaseModel) -> bytes:
+    """A message as the canonical JSON bytes the outbox signs."""
+    return canonical_json(message.model_dump(mode="json"))
+
+
+def _signing_key(config: SpokeConfig) -> Ed25519PrivateKey:
+    """The spoke's signing key; made on first start when none is configured.
+
+    The operator gives ``keys/public.pem`` to the hub, which trusts it under the spoke's id.
+    """
+    path = config.key_path
+    if not path.exists() and config.signing_key is None:
+        new_key_pair(path.parent)
+    return load_private_key(path)
 
 
 def _secret(config: SpokeConfig) -> bytes:

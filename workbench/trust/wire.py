@@ -38,8 +38,12 @@ class WireSigner:
     def sign(self, document: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
         """The canonical body of ``document`` and the headers carrying its signature."""
         body = canonical_json(document)
+        return body, self.headers(body)
+
+    def headers(self, body: bytes) -> dict[str, str]:
+        """The signature headers for a body that is already canonical JSON."""
         value = base64.b64encode(self._key.sign(body)).decode("ascii")
-        return body, {SIGNATURE_HEADER: f"{self.key_id}:{value}"}
+        return {SIGNATURE_HEADER: f"{self.key_id}:{value}"}
 
 
 def signature_of(headers: Mapping[str, str]) -> Signature:
