@@ -25,6 +25,7 @@ from workbench.images.algorithms import build_algorithms
 from workbench.images.base import build_base
 from workbench.spoke_service.engine import DockerEngine
 from workbench.synth.cohort import generate_cohort
+from workbench.trust.audit import verify as verify_audit
 
 STUDY = "lung-screening"
 ALGORITHMS = ("nodule-volume", "naive-baseline", "lung-lav950")
@@ -69,7 +70,8 @@ def run_demo(out: Path, spokes: int, participants: int, say: Say) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, say)
     say(f"wrote {out / 'summary.json'} and {report}")
-    return 0 if summary["results_received"] == summary["cases_total"] else 1
+    complete = summary["results_received"] == summary["cases_total"]
+    return 0 if complete and all(summary["audit_logs_intact"].values()) else 1
 
 
 def _same_cohort(cohort: Path, sites: int, participants: int) -> bool:
@@ -153,6 +155,9 @@ def _summary(
         value, low, high = delong_ci(scores, labels)
         metrics[name] = {"auc": round(value, 3), "auc_ci": [round(low, 3), round(high, 3)]}
     spokes = status["spokes"]
+    logs = {"hub": federation.audit_log("hub")}
+    logs |= {site.spoke_id: federation.audit_log(site.spoke_id) for site in federation.sites}
+    audits = {name: verify_audit(path) for name, path in logs.items()}
     return {
         "experiment_id": experiment_id,
         "state": status["state"],
@@ -166,18 +171,24 @@ def _summary(
         "algorithms": list(ALGORITHMS),
         "cases_total": sum(s["expected"] or 0 for s in spokes),
         "results_received": len(rows),
+        "results_verified": status.get("results_verified", 0),
         "failed": sum(s["failed"] for s in spokes),
         "bytes_dicom_at_spokes": dicom,
         "bytes_sent_to_hub": sent,
         "metrics": metrics,
         "report": str(report),
+        "audit_logs": {name: str(path) for name, path in logs.items()},
+        "audit_logs_intact": {name: report.ok for name, report in audits.items()},
         "seconds": round(seconds, 1),
     }
 
 
 def _print_summary(summary: dict[str, Any], say: Say) -> None:
-    say(f"{summary['results_received']}/{summary['cases_total']} results, "
+    say(f"{summary['results_received']}/{summary['cases_total']} results "
+        f"({summary['results_verified']} with verified signatures), "
         f"{summary['failed']} failed, in {summary['seconds']:.0f} s")  # fmt: skip
+    intact = summary["audit_logs_intact"]
+    say(f"audit logs verified intact: {sum(intact.values())}/{len(intact)}")
     say(f"DICOM kept at the spokes: {summary['bytes_dicom_at_spokes'] / 2**20:.1f} MiB; "
         f"sent to the hub: {summary['bytes_sent_to_hub'] / 1024:.1f} KiB")  # fmt: skip
     for name in SCORED:

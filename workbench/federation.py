@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,15 @@ from workbench.core.contract import LABEL_ARGS_SCHEMA, LABEL_OUTPUT_SCHEMA
 from workbench.errors import WorkbenchError
 from workbench.images.distribution import ManagedRegistry, free_port, push
 from workbench.transport.activemq import ManagedBroker
+from workbench.trust.image_signature import sign_image
+from workbench.trust.keys import (
+    PRIVATE_FILE,
+    PUBLIC_FILE,
+    key_id,
+    load_private_key,
+    load_public_key,
+    new_key_pair,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,7 @@ class LocalFederation:
         self.root = Path(root).absolute()
         self.sites = sites
         self.studies = studies
+        self.keys = self.root / "keys"
         self.broker = ManagedBroker.from_env(self.root / "broker")
         self.registry = ManagedRegistry(self.root / "registry")
         self.hub_port = free_port()
@@ -68,6 +79,7 @@ class LocalFederation:
     def start(self) -> LocalFederation:
         """Start the broker, the registry, the hub and every spoke; wait until each answers."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self._make_keys()
         self.broker.start()
         self.registry.start()
         self.start_hub()
@@ -104,6 +116,9 @@ class LocalFederation:
             "broker": [self.broker.stomp_url],
             "port": self.hub_port,
             "allowed_spokes": [s.spoke_id for s in self.sites],
+            "signing_key": str(self.keys / "hub" / PRIVATE_FILE),
+            "spoke_keys": str(self.keys / "spokes-public"),
+            "audit_log": str(self.audit_log("hub")),
         }
         if self.studies is not None:
             config["studies"] = str(self.studies)
@@ -123,11 +138,46 @@ class LocalFederation:
             f'broker = ["{self.broker.stomp_url}"]',
             "heartbeat_s = 5",
             "concurrency = 1",
+            f'signing_key = "{self.keys / "spokes" / spoke_id / PRIVATE_FILE}"',
+            f'trusted_keys = ["{self.keys / "trusted-by-spokes"}"]',
         ]
         if site.reference_csv is not None:
             lines.append(f'reference_csv = "{site.reference_csv.absolute()}"')
+        signers = ", ".join(f'"{k}"' for k in self._spoke_signers())
+        lines += ["", "[policy]", f"signers = [{signers}]"]
         (folder / "spoke.toml").write_text("\n".join(lines) + "\n")
         self._spawn(spoke_id, ["spoke", "serve", "--config", str(folder / "spoke.toml")], folder)
+
+    def audit_log(self, name: str) -> Path:
+        """The audit log of the hub (``hub``) or of one spoke."""
+        if name == "hub":
+            return self.root / "hub" / "audit.log"
+        return self.spoke_dir(name) / "state" / "audit.log"
+
+    def _make_keys(self) -> None:
+        """Signing keys for the hub, the algorithm publisher and each spoke, and who trusts whom.
+
+        Spokes trust the hub (orders) and the publisher (images); the hub trusts each spoke's
+        key under the spoke's id. Made once; a rerun reuses them.
+        """
+        for party in ["hub", "publisher", *(f"spokes/{s.spoke_id}" for s in self.sites)]:
+            if not (self.keys / party / PRIVATE_FILE).exists():
+                new_key_pair(self.keys / party)
+        trusted = self.keys / "trusted-by-spokes"
+        trusted.mkdir(exist_ok=True)
+        shutil.copyfile(self.keys / "hub" / PUBLIC_FILE, trusted / "hub.pem")
+        shutil.copyfile(self.keys / "publisher" / PUBLIC_FILE, trusted / "publisher.pem")
+        spokes = self.keys / "spokes-public"
+        spokes.mkdir(exist_ok=True)
+        for site in self.sites:
+            source = self.keys / "spokes" / site.spoke_id / PUBLIC_FILE
+            shutil.copyfile(source, spokes / f"{site.spoke_id}.pem")
+
+    def _spoke_signers(self) -> list[str]:
+        return [
+            key_id(load_public_key(self.keys / party / PUBLIC_FILE))
+            for party in ("hub", "publisher")
+        ]
 
     def spoke_dir(self, spoke_id: str) -> Path:
         """Where one spoke keeps its config, state and log."""
@@ -183,18 +233,20 @@ class LocalFederation:
     # algorithms ---------------------------------------------------------------------------
 
     def register(self, docker_client: Any, images: list[str]) -> list[dict[str, Any]]:
-        """Push each local image to the registry and register it at the hub by digest."""
+        """Push each image to the registry, sign it as the publisher, register it by digest."""
         registered = []
         for image in images:
             local = docker_client.images.get(image)
             labels = local.labels or {}
             reference = push(docker_client, image, self.registry.address)
+            publisher = load_private_key(self.keys / "publisher" / PRIVATE_FILE)
             spec = {
                 "name": labels["org.elic.algorithm.name"],
                 "version": labels["org.elic.algorithm.version"],
                 "image": reference,
                 "digest": local.id,
                 "output_schema": json.loads(labels[LABEL_OUTPUT_SCHEMA]),
+                "signature": sign_image(reference, local.id, publisher),
             }
             if LABEL_ARGS_SCHEMA in labels:
                 spec["args_schema"] = json.loads(labels[LABEL_ARGS_SCHEMA])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from workbench.cli.common import (
     DEFAULT_SECRET,
@@ -44,6 +45,15 @@ def register(sub: Sub) -> None:
         "--secret-file", type=Path, default=DEFAULT_SECRET,
         help=f"pseudonym secret, created if missing ({DEFAULT_SECRET})",
     )  # fmt: skip
+    p.add_argument(
+        "--signature", type=Path, metavar="SIG",
+        help="the image's signature (workbench algorithm sign); checked by digest first",
+    )  # fmt: skip
+    p.add_argument(
+        "--trust", type=Path, action="append", default=[], metavar="PUBKEY",
+        help="a trusted publisher key (PEM file or folder; repeatable); with it an unsigned, "
+        "swapped or untrusted image is refused before any container starts",
+    )  # fmt: skip
     p.set_defaults(handler=_run_local)
 
     p = algorithm.add_parser(
@@ -71,6 +81,23 @@ def register(sub: Sub) -> None:
     p.set_defaults(handler=_sign)
 
 
+def _verified(engine: Any, image: str, signature: Path | None, trust: list[Path]) -> str:
+    """The image id to run, once its signature verified against ``trust`` (as a spoke does)."""
+    from workbench.core.run_errors import RunErrorCode
+    from workbench.errors import ConfigError, EngineError, SignatureError
+    from workbench.trust.image_signature import verify_image
+    from workbench.trust.keys import TrustStore
+
+    if not trust:
+        raise ConfigError("--signature needs at least one --trust key to check it against")
+    image_id = str(engine.image(image).id)
+    try:
+        verify_image(signature, image_id, TrustStore.from_paths(trust))
+    except SignatureError as e:
+        raise EngineError(RunErrorCode.IMAGE_UNTRUSTED, f"{image}: {e}") from e
+    return image_id
+
+
 def _run_local(ns: argparse.Namespace) -> int:
     from workbench.core.contract import parse_cli_args
     from workbench.core.pseudonym import Pseudonymizer
@@ -89,7 +116,10 @@ def _run_local(ns: argparse.Namespace) -> int:
     secret = load_secret(ns.secret_file.expanduser())
     try:
         engine = DockerEngine.from_env()
-        done = run_local(engine, ns.image, ns.dicom, ns.out, Pseudonymizer(secret), args, limits)
+        image = ns.image
+        if ns.trust or ns.signature:
+            image = _verified(engine, ns.image, ns.signature, ns.trust)
+        done = run_local(engine, image, ns.dicom, ns.out, Pseudonymizer(secret), args, limits)
     except (CaseError, EngineError) as e:
         print(f"run-local: {e.code.value}: {e.detail}", file=sys.stderr)
         return 1
