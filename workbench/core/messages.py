@@ -55,6 +55,8 @@ def _new_id() -> str:
 
 SpokeId = Annotated[str, Field(pattern=_SPOKE_ID.pattern)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
+# Counts fit a 32-bit database integer: PostgreSQL refuses more, which would block the inbox.
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class _Message(BaseModel):
@@ -130,8 +132,8 @@ class ExperimentAccepted(_Message):
     type: Literal["experiment.accepted"] = "experiment.accepted"
     spoke_id: SpokeId
     experiment_id: Name
-    participants: Annotated[int, Field(ge=0)]
-    cases: Annotated[int, Field(ge=0)]
+    participants: Count
+    cases: Count
 
     @property
     def natural_key(self) -> tuple[str, ...]:
@@ -143,7 +145,7 @@ class _CaseMessage(_Message):
     spoke_id: SpokeId
     participant_id: Name
     algorithm: Name
-    attempt: Annotated[int, Field(ge=1)] = 1
+    attempt: Annotated[int, Field(ge=1, le=1000)] = 1
 
     @property
     def natural_key(self) -> tuple[str, ...]:
@@ -194,9 +196,9 @@ class SpokeHeartbeat(_Message):
     type: Literal["spoke.heartbeat"] = "spoke.heartbeat"
     spoke_id: SpokeId
     sent_at: str
-    queued: Annotated[int, Field(ge=0)] = 0
-    running: Annotated[int, Field(ge=0)] = 0
-    participants: Annotated[int, Field(ge=0)] = 0
+    queued: Count = 0
+    running: Count = 0
+    participants: Count = 0
 
     @property
     def natural_key(self) -> tuple[str, ...]:
@@ -208,9 +210,9 @@ class ParticipantManifest(_Message):
 
     type: Literal["participant.manifest"] = "participant.manifest"
     spoke_id: SpokeId
-    participants: Annotated[int, Field(ge=0)]
-    series: Annotated[int, Field(ge=0)]
-    instances: Annotated[int, Field(ge=0)]
+    participants: Count
+    series: Count
+    instances: Count
     acquisition: dict[str, dict[str, int]] = Field(default_factory=dict)
 
     @property
@@ -237,7 +239,7 @@ def parse_message(data: bytes | str) -> Message:
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        raw = json.loads(data)
+        raw = json.loads(data, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as e:
         raise MessageError(f"not JSON: {e}") from e
     if not isinstance(raw, dict):
@@ -252,6 +254,11 @@ def parse_message(data: bytes | str) -> Message:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise MessageError(f"invalid {raw['type']}: {where}: {first['msg']}") from e
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259), and PostgreSQL's json type refuses them.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def encode(message: _Message) -> bytes:
