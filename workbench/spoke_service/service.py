@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from workbench.core import messages as m
 from workbench.core.cohort import matches
+from workbench.core.headers import InstanceHeader
 from workbench.core.participant import Case, build_case
 from workbench.core.pseudonym import Pseudonymizer
 from workbench.core.run_errors import Error, RunErrorCode
@@ -83,7 +84,7 @@ class Spoke:
             engine, config.state_dir / "work", config.state_dir / "logs",
             background_cleanup=True, labels={SPOKE_LABEL: config.spoke_id},
         )  # fmt: skip
-        self._cases: OrderedDict[str, Case] = OrderedDict()
+        self._cases: OrderedDict[str, tuple[Case, list[InstanceHeader]]] = OrderedDict()
         self._trust = (
             TrustStore.from_paths(config.trusted_keys) if config.trusted_keys else TrustStore()
         )
@@ -286,7 +287,7 @@ class Spoke:
         verdict = self._gate.check(
             result.output,
             result.output_bytes,
-            self.catalog.participant_headers(case.patient_id),
+            self._headers(case.patient_id),
             algorithm.output_schema,
         )
         if verdict.rejected and verdict.error is not None:
@@ -305,7 +306,7 @@ class Spoke:
         return "done", [(m.HUB_INBOX, _body(message)), self._status(case, "done")], None
 
     def _audit_sent(self, seqs: list[int]) -> None:
-        self.audit.append("messages.sent", {"outbox": seqs})
+        self.audit.append("messages.sent", {"outbox": seqs}, durable=False)
 
     def _audit_failure(self, case: CaseRow, code: str) -> None:
         self.audit.append("case.failed", {
@@ -315,18 +316,24 @@ class Spoke:
 
     def _case(self, patient_id: str) -> Case:
         """One participant's case, from a small cache (planning built it moments ago)."""
+        return self._participant(patient_id)[0]
+
+    def _headers(self, patient_id: str) -> list[InstanceHeader]:
+        """One participant's DICOM headers (the release gate scans outputs for them)."""
+        return self._participant(patient_id)[1]
+
+    def _participant(self, patient_id: str) -> tuple[Case, list[InstanceHeader]]:
         with self._cache_lock:
             if patient_id in self._cases:
                 self._cases.move_to_end(patient_id)
                 return self._cases[patient_id]
-        case = build_case(
-            self.catalog.participant_headers(patient_id), self._pseudonymizer, self.config.spoke_id
-        )
+        headers = self.catalog.participant_headers(patient_id)
+        entry = (build_case(headers, self._pseudonymizer, self.config.spoke_id), headers)
         with self._cache_lock:
-            self._cases[patient_id] = case
+            self._cases[patient_id] = entry
             while len(self._cases) > _CASE_CACHE:
                 self._cases.popitem(last=False)
-        return case
+        return entry
 
     def _verified_image(self, algorithm: m.AlgorithmRef) -> str:
         """The local image id of ``algorithm``: signed, pulled by digest if needed, checked.

@@ -155,12 +155,18 @@ class AuditLog:
         with self._lock:
             return self._head
 
-    def append(self, event: str, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Add one entry, on disk (fsync) before this returns; returns the entry.
+    def append(
+        self, event: str, data: Mapping[str, Any] | None = None, durable: bool = True
+    ) -> dict[str, Any]:
+        """Add one entry, on disk (fdatasync) before this returns; returns the entry.
 
         Args:
             event: what happened, a short dotted name (``order.received``, ``result.sent``).
             data: its details, a JSON object (never PHI: the log may be shown to auditors).
+            durable: ``False`` writes without waiting for the disk; the next durable entry
+                (or ``close``) makes it durable too. For frequent entries off the critical
+                path that can be reconstructed (which outbox rows were sent); a crash may
+                lose them, never corrupt the chain (a cut-off line is dropped at reopen).
 
         Raises:
             ValueError: ``event`` is empty or longer than 200 characters.
@@ -184,7 +190,7 @@ class AuditLog:
                 "prev": self._head.hash,
             }
             entry["hash"] = entry_hash(entry)
-            self._write(canonical_json(entry) + b"\n")
+            self._write(canonical_json(entry) + b"\n", durable)
             self._head = ChainHead(entry["seq"], entry["hash"])
             return entry
 
@@ -192,6 +198,7 @@ class AuditLog:
         """Release the file (and its lock); appending afterwards is an ``AuditError``."""
         with self._lock:
             if self._fd is not None:
+                os.fdatasync(self._fd)  # entries appended with durable=False
                 os.close(self._fd)  # closing releases the flock
                 self._fd = None
 
@@ -209,13 +216,14 @@ class AuditLog:
     def __repr__(self) -> str:
         return f"AuditLog({str(self._path)!r}, head={self._head})"
 
-    def _write(self, line: bytes) -> None:
+    def _write(self, line: bytes, durable: bool = True) -> None:
         assert self._fd is not None
         try:
             view = memoryview(line)
             while view:
                 view = view[os.write(self._fd, view) :]
-            os.fsync(self._fd)
+            if durable:
+                os.fdatasync(self._fd)
         except OSError as e:
             self._broken = f"a write failed ({e.strerror})"
             raise AuditError(f"cannot append to the audit log {self._path}: {e.strerror}") from e
