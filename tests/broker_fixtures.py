@@ -5,6 +5,12 @@ temporary directory on a free loopback port, and stopped at the end. Where Activ
 installed it skips locally and fails in CI (``need``). Fault tests call ``restart_activemq``
 (a crash and a start on the same port and data) and leave the broker running for the rest.
 
+``consortium`` is a consortium PKI made once per session (``workbench.trust.pki``): a CA,
+the broker, the hub and spokes ``spoke-a``, ``spoke-b`` (allowed) and ``spoke-x`` (issued
+by the CA but left off the allowlist), plus an ``outsider``: a ``spoke-a`` certificate from
+another CA. ``tls_activemq`` is a second session broker, locked down with those identities
+(STOMP over mutual TLS only, the hub and spokes a and b allowed).
+
 ``Inbox`` collects deliveries on the handler thread and lets the test wait for a condition
 with a deadline instead of sleeping.
 """
@@ -13,7 +19,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,79 @@ def activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from workbench.transport.activemq import BrokerError, ManagedBroker
 
     broker = ManagedBroker.from_env(tmp_path_factory.mktemp("activemq"))
+    try:
+        broker.start()
+    except BrokerError as e:
+        if "not installed" in str(e):
+            need(str(e))
+        raise
+    yield broker
+    broker.stop()
+
+
+ALLOWED_SPOKES = ("spoke-a", "spoke-b")
+
+
+@dataclass(frozen=True)
+class Consortium:
+    """A CA and the identities it issued (``pki.Identity`` by name), and an outsider's."""
+
+    root: Path
+    ca: Path
+    identities: dict[str, Any]
+    outsider: Any  # "spoke-a", issued by another CA
+
+    def client(self, name: str) -> Any:
+        """The ``ClientTls`` of identity ``name``."""
+        from workbench.transport.stomp_connection import ClientTls
+
+        found = self.identities[name]
+        return ClientTls(found.certificate, found.key, found.ca_certificate)
+
+    def user(self, name: str) -> Any:
+        """The ``BrokerUser`` of identity ``name``: its CN and its DN as Java prints it."""
+        from workbench.transport.activemq_security import BrokerUser
+        from workbench.trust import pki
+
+        return BrokerUser(name, pki.java_dn(self.identities[name].certificate))
+
+    def settings(self, spokes: Sequence[str] = ALLOWED_SPOKES, client: str = "hub") -> Any:
+        """``TlsSettings`` for a broker that lets in the hub and ``spokes``."""
+        from workbench.transport.activemq_security import TlsSettings
+
+        broker = self.identities["broker"]
+        return TlsSettings(
+            keystore=broker.keystore, truststore=broker.truststore,
+            password_file=broker.password_file, hub=self.user("hub"),
+            spokes=[self.user(s) for s in spokes], client=self.client(client),
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def consortium(tmp_path_factory: pytest.TempPathFactory) -> Consortium:
+    """A CA; broker, hub, spoke-a, spoke-b and spoke-x identities; an outsider's spoke-a."""
+    from workbench.trust import pki
+
+    root = tmp_path_factory.mktemp("pki")
+    pki.init_ca(root / "ca")
+    roles = {"broker": "broker", "hub": "hub", "spoke-a": "spoke", "spoke-b": "spoke"}
+    roles["spoke-x"] = "spoke"
+    identities = {
+        name: pki.issue(root / "ca", name, role, root / name) for name, role in roles.items()
+    }
+    pki.init_ca(root / "other-ca", name="Other CA", organization="ELIC Consortium")
+    outsider = pki.issue(root / "other-ca", "spoke-a", "spoke", root / "outsider")
+    return Consortium(root, root / "ca", identities, outsider)
+
+
+@pytest.fixture(scope="session")
+def tls_activemq(tmp_path_factory: pytest.TempPathFactory, consortium: Consortium) -> Iterator[Any]:
+    """A running locked-down ``ManagedBroker``: mutual TLS, the hub, spoke-a and spoke-b."""
+    from workbench.transport.activemq import BrokerError, ManagedBroker
+
+    broker = ManagedBroker.from_env(
+        tmp_path_factory.mktemp("activemq-tls"), tls=consortium.settings()
+    )
     try:
         broker.start()
     except BrokerError as e:

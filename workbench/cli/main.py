@@ -22,13 +22,27 @@ from workbench.cli import (
     hub,
     images,
     keys,
+    pki,
     report,
     spoke,
     synth,
 )
 from workbench.errors import WorkbenchError
 
-AREAS = (images, synth, spoke, algorithm, demo, report, hub, experiment, broker, keys, audit)
+AREAS = (
+    images,
+    synth,
+    spoke,
+    algorithm,
+    demo,
+    report,
+    hub,
+    experiment,
+    broker,
+    keys,
+    audit,
+    pki,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,8 +4,10 @@
   ``read_version``, and ``xstream_jars`` (the statistics plugin needs XStream on the
   broker's classpath; docs/broker.md tells why);
 - the generated files: ``activemq_xml`` (loopback STOMP, KahaDB, shared DLQ, statistics,
-  limits), ``configured_port`` (the STOMP port an activemq.xml binds), and the log4j 1.x and
-  log4j2 properties;
+  limits; with ``TlsSettings``, STOMP over mutual TLS only, with certificate users and
+  per-queue rights from ``workbench.transport.activemq_security``), ``configured_port`` and
+  ``configured_tls`` (the STOMP port an activemq.xml binds, and whether over TLS), and the
+  log4j 1.x and log4j2 properties;
 - the JVM's command line (``jvm_command``).
 
 ``BrokerError`` is defined here, in the module every ``activemq*`` module imports, so that each
@@ -21,10 +23,14 @@ import os
 import shutil
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 from xml.etree import ElementTree
 from xml.sax.saxutils import quoteattr
 
 from workbench.transport.base import TransportError
+
+if TYPE_CHECKING:
+    from workbench.transport.activemq_security import TlsSettings
 
 __all__ = [
     "DEBIAN_HOME",
@@ -32,6 +38,7 @@ __all__ = [
     "BrokerError",
     "activemq_xml",
     "configured_port",
+    "configured_tls",
     "find_installation",
     "jvm_command",
     "log4j2_properties",
@@ -101,11 +108,23 @@ def read_version(home: Path) -> str | None:
 
 
 def jvm_command(
-    java: str, jar: Path, *, home: Path, directory: Path, config: Path, heap_mb: int
+    java: str,
+    jar: Path,
+    *,
+    home: Path,
+    directory: Path,
+    config: Path,
+    heap_mb: int,
+    login_config: Path | None = None,
 ) -> list[str]:
-    """The command that runs the broker of ``directory`` with ``config`` and the log4j files."""
+    """The command that runs the broker of ``directory`` with ``config`` and the log4j files.
+
+    ``login_config``: the JAAS configuration of a locked-down broker (no secret: passwords
+    stay in files, never on the command line, where ``ps`` would show them).
+    """
     conf, data = directory / "conf", directory / "data"
     classpath = os.pathsep.join(str(p) for p in [conf, *xstream_jars(home)])
+    jaas = [] if login_config is None else [f"-Djava.security.auth.login.config={login_config}"]
     return [
         java, "-Xms64m", f"-Xmx{heap_mb}m", "-Djava.awt.headless=true",
         f"-Djava.io.tmpdir={directory / 'tmp'}",
@@ -113,7 +132,7 @@ def jvm_command(
         f"-Dlog4j2.configurationFile=file:{conf / 'log4j2.properties'}",
         f"-Dactivemq.home={home}", f"-Dactivemq.base={directory}",
         f"-Dactivemq.conf={conf}", f"-Dactivemq.data={data}",
-        f"-Dactivemq.classpath={classpath}",
+        f"-Dactivemq.classpath={classpath}", *jaas,
         "-jar", str(jar), "start", f"xbean:file:{config}",
     ]  # fmt: skip
 
@@ -124,10 +143,37 @@ _CORE_NS = "http://activemq.apache.org/schema/core"
 
 
 def activemq_xml(
-    directory: Path, stomp_port: int, nack_retries: int = 0, nack_delay_ms: int = 5000
+    directory: Path,
+    stomp_port: int,
+    nack_retries: int = 0,
+    nack_delay_ms: int = 5000,
+    tls: TlsSettings | None = None,
 ) -> str:
-    """The broker's ``activemq.xml``: loopback STOMP, KahaDB, shared DLQ, statistics, limits."""
+    """The broker's ``activemq.xml``: loopback STOMP, KahaDB, shared DLQ, statistics, limits.
+
+    With ``tls`` the one connector is ``stomp+ssl`` with client certificates required, and
+    the broker authenticates each certificate against the allowlist and authorizes per queue
+    (``workbench.transport.activemq_security``); there is no plain connector then.
+    """
     data = directory / "data"
+    options = (
+        "transport.tcpNoDelay=true&amp;transport.closeAsync=false"
+        "&amp;wireFormat.maxFrameSize=16777216"
+    )
+    placeholder = destinations = ssl_context = security = ""
+    if tls is None:
+        connector = f'name="stomp" uri="stomp://{HOST}:{stomp_port}?{options}"'
+    else:
+        from workbench.transport import activemq_security as sec
+
+        connector = (
+            f'name="stomp+ssl" uri="stomp+ssl://{HOST}:{stomp_port}?needClientAuth=true&amp;'
+            f'{options}"'
+        )
+        placeholder = sec.placeholder_xml(directory / "conf")
+        destinations = sec.destinations_xml(tls)
+        ssl_context = sec.ssl_context_xml(tls)
+        security = sec.authorization_xml(tls)
     scheduler = ""
     redelivery = ""
     if nack_retries > 0:
@@ -154,11 +200,11 @@ def activemq_xml(
        xsi:schemaLocation="http://www.springframework.org/schema/beans
          http://www.springframework.org/schema/beans/spring-beans.xsd
          http://activemq.apache.org/schema/core
-         http://activemq.apache.org/schema/core/activemq-core.xsd">
+         http://activemq.apache.org/schema/core/activemq-core.xsd">{placeholder}
   <broker xmlns="{_CORE_NS}" brokerName="workbench" persistent="true"
           useJmx="false" advisorySupport="true"{scheduler}
           dataDirectory={quoteattr(str(data))}
-          tmpDataDirectory={quoteattr(str(data / "tmp"))}>
+          tmpDataDirectory={quoteattr(str(data / "tmp"))}>{destinations}
     <destinationPolicy><policyMap><policyEntries>
       <policyEntry queue="&gt;" producerFlowControl="true">
         <deadLetterStrategy>
@@ -170,8 +216,8 @@ def activemq_xml(
       <kahaDB directory={quoteattr(str(data / "kahadb"))} journalMaxFileLength="32mb"/>
     </persistenceAdapter>
     <plugins>
-      <statisticsBrokerPlugin/>{redelivery}
-    </plugins>
+      <statisticsBrokerPlugin/>{security}{redelivery}
+    </plugins>{ssl_context}
     <systemUsage>
       <systemUsage sendFailIfNoSpaceAfterTimeout="5000">
         <memoryUsage><memoryUsage limit="64 mb"/></memoryUsage>
@@ -180,8 +226,7 @@ def activemq_xml(
       </systemUsage>
     </systemUsage>
     <transportConnectors>
-      <transportConnector name="stomp"
-          uri="stomp://{HOST}:{stomp_port}?transport.tcpNoDelay=true&amp;transport.closeAsync=false&amp;wireFormat.maxFrameSize=16777216"/>
+      <transportConnector {connector}/>
     </transportConnectors>
   </broker>
 </beans>
@@ -190,15 +235,27 @@ def activemq_xml(
 
 def configured_port(config: Path) -> int | None:
     """The STOMP port that ``config`` (a generated activemq.xml) binds, or None."""
+    found = _connector(config)
+    return None if found is None else found[1]
+
+
+def configured_tls(config: Path) -> bool:
+    """Whether ``config`` offers STOMP over TLS (``stomp+ssl``) rather than plain STOMP."""
+    found = _connector(config)
+    return found is not None and found[0] == "stomp+ssl"
+
+
+def _connector(config: Path) -> tuple[str, int | None] | None:
     try:
         root = ElementTree.parse(config).getroot()
     except (OSError, ElementTree.ParseError):
         return None
     for connector in root.iter(f"{{{_CORE_NS}}}transportConnector"):
         uri = connector.get("uri", "")
-        if uri.startswith("stomp://"):
-            port = uri.split("?", 1)[0].rsplit(":", 1)[-1]
-            return int(port) if port.isdigit() else None
+        for scheme in ("stomp", "stomp+ssl"):
+            if uri.startswith(f"{scheme}://"):
+                port = uri.split("?", 1)[0].rsplit(":", 1)[-1]
+                return scheme, int(port) if port.isdigit() else None
     return None
 
 

@@ -6,6 +6,11 @@ for ``queue_stats``, which asks ActiveMQ's statistics broker plugin about every 
 plugin's replies are ``jms-map-xml`` bodies, which need XStream on the broker's classpath
 (docs/broker.md tells why).
 
+On a locked-down broker (``stomp+ssl``, client certificates required) the session speaks TLS
+with a ``ClientTls`` identity, which must be the Hub's: only the Hub may use the statistics
+plugin and temporary queues. A broker that refuses the identity (in the TLS handshake, or
+with an ERROR frame to CONNECT) is a ``BrokerError`` saying so.
+
 >>> connect_probe(40513, timeout=1.0)                           # doctest: +SKIP
 'ActiveMQ/5.17.2'
 >>> [q.name for q in queue_stats(40513, timeout=5.0)]          # doctest: +SKIP
@@ -15,10 +20,12 @@ plugin's replies are ``jms-map-xml`` bodies, which need XStream on the broker's 
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass
 from xml.etree import ElementTree
 
 from workbench.transport.activemq_config import HOST, BrokerError
+from workbench.transport.stomp_connection import ClientTls, tls_refusal_reason
 
 __all__ = ["QueueStats", "StompSession", "connect_probe", "parse_map", "queue_stats"]
 
@@ -39,11 +46,32 @@ class QueueStats:
 
 
 class StompSession:
-    """One STOMP connection to the broker on loopback ``port``, read and written in turn."""
+    """One STOMP connection to the broker on loopback ``port``, read and written in turn.
 
-    def __init__(self, port: int, timeout: float) -> None:
-        self.sock = socket.create_connection((HOST, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    With ``tls``, over TLS with that client certificate.
+
+    Raises:
+        BrokerError: the broker refused the TLS handshake or does not have a certificate
+            that ``tls`` trusts.
+        OSError: the connection failed.
+    """
+
+    def __init__(self, port: int, timeout: float, tls: ClientTls | None = None) -> None:
+        raw = socket.create_connection((HOST, port), timeout=timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock: socket.socket = raw
+        if tls is not None:
+            try:
+                self.sock = tls.context().wrap_socket(raw, server_hostname=HOST)
+            except ssl.SSLError as e:
+                raw.close()
+                reason = tls_refusal_reason(e)
+                if reason is None:
+                    raise ConnectionError(f"the TLS handshake failed: {e}") from e
+                raise BrokerError(reason) from e
+            except BaseException:
+                raw.close()
+                raise
         self.buf = b""
 
     def close(self) -> None:
@@ -71,23 +99,42 @@ class StompSession:
                 if 0 <= end < len(self.buf):
                     body, self.buf = self.buf[start:end], self.buf[end + 1 :]
                     return head[0].strip(), headers, body
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except ssl.SSLError as e:  # TLS 1.3: a refused client certificate shows up here
+                reason = tls_refusal_reason(e)
+                if reason is None:
+                    raise ConnectionError(f"the TLS connection failed: {e}") from e
+                raise BrokerError(reason) from e
             if not chunk:
                 raise ConnectionError("the broker closed the connection")
             self.buf += chunk
 
     def connect(self) -> str:
-        """CONNECT; the ``server`` header of the CONNECTED answer (ConnectionError if none)."""
+        """CONNECT; the ``server`` header of the CONNECTED answer.
+
+        Raises:
+            BrokerError: the broker answered with an ERROR frame (it refused this client).
+            ConnectionError: the connection closed before an answer.
+        """
         self.send("CONNECT", {"accept-version": "1.2", "host": HOST})
         command, headers, body = self.read()
+        if command == "ERROR":
+            message = headers.get("message", "") or body[:200].decode(errors="replace")
+            raise BrokerError(f"the broker refused the CONNECT: {message}")
         if command != "CONNECTED":
             raise ConnectionError(f"{command}: {headers.get('message', body[:200].decode())}")
         return headers.get("server", "")
 
 
-def connect_probe(port: int, timeout: float) -> str | None:
-    """The ``server`` header of a CONNECTED answer on ``port``, or None when not answering."""
-    session = StompSession(port, timeout)
+def connect_probe(port: int, timeout: float, tls: ClientTls | None = None) -> str | None:
+    """The ``server`` header of a CONNECTED answer on ``port``, or None when not answering.
+
+    Raises:
+        BrokerError: the broker answered and refused this client (TLS or CONNECT).
+        OSError: no connection.
+    """
+    session = StompSession(port, timeout, tls)
     try:
         server = session.connect()
         session.send("DISCONNECT", {})
@@ -98,7 +145,7 @@ def connect_probe(port: int, timeout: float) -> str | None:
         session.close()
 
 
-def queue_stats(port: int, timeout: float) -> tuple[QueueStats, ...]:
+def queue_stats(port: int, timeout: float, tls: ClientTls | None = None) -> tuple[QueueStats, ...]:
     """Ask the statistics plugin about every queue; its replies end with an empty map.
 
     Raises:
@@ -106,7 +153,7 @@ def queue_stats(port: int, timeout: float) -> tuple[QueueStats, ...]:
             plugin did not answer within ``timeout`` seconds.
         OSError: the connection failed.
     """
-    session = StompSession(port, timeout)
+    session = StompSession(port, timeout, tls)
     try:
         session.connect()
         reply_to = "/temp-queue/workbench-stats"

@@ -9,6 +9,9 @@ What it adds to a bare ``stomp.Connection12`` (DESIGN.md section 9 says why each
 - subscriptions use ``ack:client-individual`` and ``activemq.prefetchSize``; ACK and NACK are
   sent with keyword arguments (in stomp.py's 1.2 connection the second positional argument
   is the transaction, not the subscription);
+- over TLS (``stomp+ssl://``) with a client certificate (``tls=ClientTls(...)``), for a
+  locked-down broker; a broker that refuses the certificate or the login fails the
+  constructor at once with a ``TransportError`` that says so, instead of retrying;
 - heart-beats both ways, and when the connection drops, reconnection with exponential
   backoff over the list of broker addresses, re-subscribing everything. The broker then
   delivers the unacknowledged messages again, marked ``redelivered``;
@@ -23,6 +26,9 @@ message comes back anyway.
 >>> broker = StompBroker.from_url("stomp://127.0.0.1:61613")   # doctest: +SKIP
 >>> broker.send("/queue/elic.hub.inbox", b'{"type": "spoke.heartbeat"}')  # doctest: +SKIP
 >>> broker.close()                                            # doctest: +SKIP
+>>> spoke = ClientTls(Path("spoke-a/spoke-a.crt"), Path("spoke-a/spoke-a.key"),  # doctest: +SKIP
+...                   Path("spoke-a/ca.crt"))
+>>> broker = StompBroker.from_url("stomp+ssl://127.0.0.1:61614", tls=spoke)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -44,15 +50,17 @@ from workbench.transport.base import Handler, TransportError
 from workbench.transport.stomp_connection import (
     IO_ERRORS,
     AttemptFailed,
+    ClientTls,
     Listener,
     Waiter,
     describe,
     open_connection,
     parse_url,
+    uses_tls,
 )
 from workbench.transport.stomp_delivery import dispatch
 
-__all__ = ["StompBroker", "parse_url"]
+__all__ = ["ClientTls", "StompBroker", "parse_url"]
 
 _LOG = logging.getLogger(__name__)
 _RESERVED = {"destination", "receipt", "persistent", "content-length", "transaction"}
@@ -88,9 +96,13 @@ class StompBroker:
         reconnect_max_s: the longest pause between reconnection attempts (backoff doubles
             from 0.1 s up to this).
         tcp_nodelay: set ``TCP_NODELAY`` on the socket (on unless measuring its effect).
+        tls: connect over TLS with this client certificate (every address); the broker's
+            certificate must be signed by ``tls.ca_certificate`` and name the host.
 
     Raises:
-        TransportError: no broker accepted a connection within ``connect_timeout``.
+        TransportError: no broker accepted a connection within ``connect_timeout``, or a
+            broker refused this client (its certificate, or its login) at once.
+        ConfigError: no address, or a file of ``tls`` is missing.
 
     >>> broker = StompBroker([("127.0.0.1", 61613)], send_timeout=5)  # doctest: +SKIP
     >>> sub = broker.subscribe("/queue/x", lambda d: d.ack(), prefetch=10)  # doctest: +SKIP
@@ -107,10 +119,14 @@ class StompBroker:
         send_timeout: float = 10.0,
         reconnect_max_s: float = 5.0,
         tcp_nodelay: bool = True,
+        tls: ClientTls | None = None,
     ) -> None:
         if not addresses:
             raise ConfigError("StompBroker needs at least one broker address")
+        if tls is not None:
+            tls.check_files()
         self.addresses = [(str(h), int(p)) for h, p in addresses]
+        self._tls = tls
         self._login, self._passcode = login, passcode
         self._heartbeat_ms = heartbeat_ms
         self._send_timeout = send_timeout
@@ -137,9 +153,23 @@ class StompBroker:
         self._supervisor.start()
 
     @classmethod
-    def from_url(cls, url: str | Sequence[str], **options: Any) -> StompBroker:
-        """Connect to the broker(s) of ``url`` (see ``parse_url``); options as the constructor."""
-        return cls(parse_url(url), **options)
+    def from_url(
+        cls, url: str | Sequence[str], tls: ClientTls | None = None, **options: Any
+    ) -> StompBroker:
+        """Connect to the broker(s) of ``url`` (see ``parse_url``); options as the constructor.
+
+        ``stomp+ssl://`` URLs need ``tls`` (the client's certificate); ``stomp://`` ones
+        refuse it, so that a configuration cannot silently fall back to plain STOMP.
+
+        Raises:
+            ConfigError: a bad URL, or the scheme and ``tls`` do not agree.
+        """
+        secure = uses_tls(url)
+        if secure and tls is None:
+            raise ConfigError(f"{url!r} is stomp+ssl: give the client's certificate (tls=...)")
+        if not secure and tls is not None:
+            raise ConfigError(f"{url!r} is plain STOMP: use stomp+ssl:// to connect with TLS")
+        return cls(parse_url(url), tls=tls, **options)
 
     # -- the Broker protocol ------------------------------------------------------------
 
@@ -199,6 +229,8 @@ class StompBroker:
                 waiter.event.wait(max(0.0, deadline - time.monotonic()))
                 self._drop(waiter.receipt)
                 if waiter.outcome == "error":
+                    with self._lock:
+                        sub.subscribed_on = 0  # the broker has no such consumer to unsubscribe
                     raise TransportError(
                         f"the broker refused to subscribe to {destination}: {waiter.message}"
                     )
@@ -259,7 +291,7 @@ class StompBroker:
         )  # fmt: skip
         conn = open_connection(
             self.addresses, listener, login=self._login, passcode=self._passcode,
-            heartbeat_ms=self._heartbeat_ms,
+            heartbeat_ms=self._heartbeat_ms, tls=self._tls,
         )  # fmt: skip
         with self._lock:
             if self._closed:
@@ -282,7 +314,9 @@ class StompBroker:
                 self._connect_once()
                 return
             except AttemptFailed as e:
-                if initial and time.monotonic() + delay > deadline:
+                # A refusal is final for the constructor; after a loss the broker may have
+                # been reconfigured meanwhile, so the supervisor keeps trying.
+                if initial and (e.permanent or time.monotonic() + delay > deadline):
                     raise TransportError(str(e)) from None
                 _LOG.info("%s; next attempt in %.1f s", e, delay)
             with self._lock:

@@ -1,9 +1,12 @@
 """One STOMP connection of a ``StompBroker``: its addresses, its opening, and its listener.
 
-- ``parse_url``: broker addresses from ``stomp://host:port`` URLs (and ActiveMQ's
-  ``failover:(...)``);
+- ``parse_url``: broker addresses from ``stomp://host:port`` or ``stomp+ssl://host:port`` URLs
+  (and ActiveMQ's ``failover:(...)``); ``uses_tls`` tells which of the two a URL asks for;
+- ``ClientTls``: a client's identity for mutual TLS (certificate, key, and the CA that must
+  have signed the broker's certificate);
 - ``open_connection``: one attempt over every address with stomp.py, which either returns a
-  connection that answered CONNECTED or raises ``AttemptFailed``;
+  connection that answered CONNECTED or raises ``AttemptFailed`` (``permanent`` when the
+  broker refused this client, rather than being unreachable);
 - ``Listener``: what stomp.py's receiver thread calls for each frame of that connection; it
   queues MESSAGE frames for the dispatcher and settles ``Waiter``s.
 
@@ -12,6 +15,8 @@ this module knows nothing of them: the listener reports through the callables it
 
 >>> parse_url("failover:(stomp://a:61613,stomp://b:61613)?randomize=false")
 [('a', 61613), ('b', 61613)]
+>>> uses_tls("stomp+ssl://127.0.0.1:61614")
+True
 """
 
 from __future__ import annotations
@@ -20,39 +25,113 @@ import contextlib
 import logging
 import queue
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import stomp
+import stomp.transport
+from stomp.connect import BaseConnection
 from stomp.exception import StompException
+from stomp.protocol import Protocol12
 
 from workbench.errors import ConfigError
 
 __all__ = [
     "IO_ERRORS",
+    "SCHEMES",
     "AttemptFailed",
+    "ClientTls",
     "Listener",
     "Waiter",
     "describe",
     "open_connection",
     "parse_url",
+    "tls_refusal",
+    "uses_tls",
 ]
 
 # StompBroker's logger, as before this module was split from it: logging configured by that
 # name keeps covering what the listener reports.
 _LOG = logging.getLogger("workbench.transport.stomp_broker")
 IO_ERRORS = (StompException, OSError)
+_RECV_BYTES = 16384  # stomp.py's default read size
+SCHEMES = ("stomp", "stomp+ssl")
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """A client's identity for mutual TLS with the broker (``workbench pki issue`` writes it).
+
+    Args:
+        certificate: the client's certificate (PEM), signed by the consortium CA.
+        key: its private key (PEM, unencrypted, mode 0600).
+        ca_certificate: the CA that must have signed the broker's certificate (PEM).
+
+    The broker's certificate must name the host the client connects to (subjectAltName
+    127.0.0.1 or localhost on loopback).
+
+    >>> tls = ClientTls(Path("hub/hub.crt"), Path("hub/hub.key"), Path("hub/ca.crt"))
+    """
+
+    certificate: Path
+    key: Path
+    ca_certificate: Path
+
+    def check_files(self) -> None:
+        """Raise ``ConfigError`` naming the first of the three files that is missing."""
+        for what, path in (
+            ("certificate", self.certificate),
+            ("key", self.key),
+            ("CA certificate", self.ca_certificate),
+        ):
+            if not Path(path).is_file():
+                raise ConfigError(f"the client's {what} {path} does not exist")
+
+    def context(self) -> ssl.SSLContext:
+        """A client ``SSLContext``: trusts only the CA, verifies the host, presents the cert.
+
+        Raises:
+            ConfigError: a file is missing or not a PEM certificate or key, or the key does
+                not belong to the certificate.
+        """
+        self.check_files()
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca_certificate))
+            context.load_cert_chain(str(self.certificate), str(self.key))
+        except ssl.SSLError as e:
+            raise ConfigError(f"unusable TLS identity {self.certificate}: {e}") from e
+        return context
 
 
 def parse_url(url: str | Sequence[str]) -> list[tuple[str, int]]:
-    """Broker addresses from ``stomp://host:port``, a comma-separated list or a sequence of
-    them, or ActiveMQ's ``failover:(stomp://a:61613,stomp://b:61613)``.
+    """Broker addresses from ``stomp://host:port`` or ``stomp+ssl://host:port``, a
+    comma-separated list or a sequence of them, or ActiveMQ's
+    ``failover:(stomp://a:61613,stomp://b:61613)``.
 
     Raises:
         ConfigError: not a STOMP URL with a host and a port.
     """
+    return [(host, port) for _, host, port in _endpoints(url)]
+
+
+def uses_tls(url: str | Sequence[str]) -> bool:
+    """Whether the URL(s) ask for TLS (``stomp+ssl://``) or plain STOMP (``stomp://``).
+
+    Raises:
+        ConfigError: a malformed URL, or a list that mixes the two schemes.
+    """
+    schemes = {scheme for scheme, _, _ in _endpoints(url)}
+    if len(schemes) > 1:
+        raise ConfigError(f"broker URLs mix stomp:// and stomp+ssl://: {url!r}")
+    return schemes == {"stomp+ssl"}
+
+
+def _endpoints(url: str | Sequence[str]) -> list[tuple[str, str, int]]:
     pieces = []
     for text in [url] if isinstance(url, str) else list(url):
         text = text.strip()
@@ -60,19 +139,21 @@ def parse_url(url: str | Sequence[str]) -> list[tuple[str, int]]:
             text = text.removeprefix("failover:")
             text = text[1 : text.find(")")] if text.startswith("(") else text.split("?", 1)[0]
         pieces += [p.strip() for p in text.split(",") if p.strip()]
-    addresses = []
+    endpoints = []
     for piece in pieces:
         split = urlsplit(piece)
         try:
             port = split.port
         except ValueError:
             port = None
-        if split.scheme != "stomp" or not split.hostname or port is None:
-            raise ConfigError(f"not a broker URL like stomp://127.0.0.1:61613: {piece!r}")
-        addresses.append((split.hostname, port))
-    if not addresses:
+        if split.scheme not in SCHEMES or not split.hostname or port is None:
+            raise ConfigError(
+                f"not a broker URL like stomp://127.0.0.1:61613 or stomp+ssl://...: {piece!r}"
+            )
+        endpoints.append((split.scheme, split.hostname, port))
+    if not endpoints:
         raise ConfigError(f"no broker address in {url!r}")
-    return addresses
+    return endpoints
 
 
 def describe(addresses: Sequence[tuple[str, int]]) -> str:
@@ -81,7 +162,16 @@ def describe(addresses: Sequence[tuple[str, int]]) -> str:
 
 
 class AttemptFailed(Exception):
-    """No broker of the list accepted this connection attempt (the next one may succeed)."""
+    """No broker of the list accepted this connection attempt.
+
+    ``permanent``: a broker answered and refused this client (its certificate, or an ERROR
+    frame to CONNECT): trying again will not help until someone changes a configuration.
+    Otherwise the next attempt may succeed.
+    """
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class Waiter:
@@ -182,33 +272,145 @@ def open_connection(
     login: str | None,
     passcode: str | None,
     heartbeat_ms: int,
+    tls: ClientTls | None = None,
 ) -> Any:
     """A stomp.py connection over ``addresses`` (tried in order) that answered CONNECTED.
 
-    ``listener`` is installed on it before it connects.
+    ``listener`` is installed on it before it connects. With ``tls`` every address is
+    reached over TLS with that client certificate, and the broker's certificate must be
+    signed by ``tls.ca_certificate`` and name the host.
 
     Raises:
         AttemptFailed: no address accepted the TCP connection, or the broker refused the
-            CONNECT (ERROR frame), or no answer came in 10 s.
+            CONNECT (ERROR frame) or the TLS handshake (both ``permanent``), or no answer
+            came in 10 s.
     """
-    conn = stomp.Connection12(
-        host_and_ports=addresses, prefer_localhost=False, try_loopback_connect=False,
-        reconnect_sleep_initial=0.0, reconnect_attempts_max=1, timeout=5.0,
-        heartbeats=(heartbeat_ms, heartbeat_ms), auto_decode=False,
-    )  # fmt: skip
+    if tls is None:
+        conn = stomp.Connection12(
+            host_and_ports=addresses, prefer_localhost=False, try_loopback_connect=False,
+            reconnect_sleep_initial=0.0, reconnect_attempts_max=1, timeout=5.0,
+            heartbeats=(heartbeat_ms, heartbeat_ms), auto_decode=False,
+        )  # fmt: skip
+    else:
+        conn = _TlsConnection12(addresses, heartbeat_ms)
+        conn.set_ssl(
+            for_hosts=addresses, cert_file=str(tls.certificate), key_file=str(tls.key),
+            ca_certs=str(tls.ca_certificate),
+        )  # fmt: skip
     listener.conn = conn
     conn.set_listener("workbench", listener)
     try:
         conn.connect(username=login, passcode=passcode, wait=False)
     except IO_ERRORS as e:
+        # stomp.py logs why the TLS handshake failed and raises a bare exception: ask again.
+        reason = None if tls is None else tls_refusal(addresses, tls)
+        if reason is not None:
+            raise AttemptFailed(f"{describe(addresses)}: {reason}", permanent=True) from e
         raise AttemptFailed(f"no broker at {describe(addresses)}: {e or type(e).__name__}") from e
     listener.answered.wait(10.0)
     if not listener.connected or listener.closed.is_set():
         with contextlib.suppress(*IO_ERRORS):
             conn.transport.disconnect_socket()
-        problem = listener.error or "no CONNECTED frame"
-        raise AttemptFailed(f"{describe(addresses)} refused the connection: {problem}")
+        tls_error = getattr(conn.transport, "tls_error", "")
+        if listener.error or tls_error:
+            problem = listener.error or tls_error
+            raise AttemptFailed(
+                f"{describe(addresses)} refused the connection: {problem}", permanent=True
+            )
+        raise AttemptFailed(f"{describe(addresses)} refused the connection: no CONNECTED frame")
     return conn
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def tls_refusal(
+    addresses: Sequence[tuple[str, int]], tls: ClientTls, timeout: float = 5.0
+) -> str | None:
+    """Why the broker refuses a TLS handshake with ``tls``, or None if it does not.
+
+    The first address that answers decides. Only for explaining a failed connection:
+    stomp.py logs the handshake's error and raises a bare exception.
+    """
+    try:
+        context = tls.context()
+    except ConfigError as e:
+        return str(e)
+    for host, port in addresses:
+        try:
+            with (
+                socket.create_connection((host, port), timeout) as raw,
+                context.wrap_socket(raw, server_hostname=host),
+            ):
+                return None
+        except ssl.SSLError as e:
+            return tls_refusal_reason(e)
+        except OSError:
+            continue
+    return None
+
+
+def tls_refusal_reason(error: ssl.SSLError) -> str | None:
+    """A sentence for a TLS refusal (an untrusted certificate, a TLS alert), else None.
+
+    None for errors that are no refusal (an EOF, a reset): the next attempt may succeed.
+    """
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"the broker's certificate is not trusted ({error.verify_message}): it must be "
+            "signed by the consortium CA and name the host connected to"
+        )
+    reason = str(error.reason or error).lower().replace("_", " ")
+    if "alert" in reason:
+        return f"the broker refused this client's certificate in the TLS handshake ({reason})"
+    return None
+
+
+class _TlsTransport(stomp.transport.Transport):  # type: ignore[misc]
+    """stomp.py's transport, but a TLS connection's receiver loop ends when the broker closes.
+
+    After the handshake stomp.py reads a TLS socket in non-blocking mode and takes an empty
+    read (or a TLS alert) for "no data yet": when the broker closes the connection, or
+    refuses the client certificate after a TLS 1.3 handshake, its receiver thread spins on a
+    socket that is always readable and never reports the loss. Here an empty read or a TLS
+    error on a non-blocking socket ends the loop, which reports the disconnection, and a TLS
+    error is kept in ``tls_error``.
+    """
+
+    tls_error = ""
+
+    def receive(self) -> Any:
+        if self.blocking:  # plain sockets, and TLS ones while stomp.py shuts them down
+            return super().receive()
+        sock = self.socket
+        if sock is None:
+            self.running = False
+            return b""
+        try:
+            data = sock.recv(_RECV_BYTES)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # no data yet: stomp.py waits for the socket to become readable
+        except OSError as e:  # a TLS alert, a reset
+            if isinstance(e, ssl.SSLError):
+                self.tls_error = tls_refusal_reason(e) or ""
+            self.running = False
+            raise
+        if not data:  # the broker closed the connection
+            self.running = False
+        return data
+
+
+class _TlsConnection12(stomp.Connection12):  # type: ignore[misc]
+    """``stomp.Connection12`` on ``_TlsTransport`` (set up as stomp.py's own constructor does)."""
+
+    def __init__(self, addresses: list[tuple[str, int]], heartbeat_ms: int) -> None:
+        transport = _TlsTransport(
+            host_and_ports=addresses, prefer_localhost=False, try_loopback_connect=False,
+            reconnect_sleep_initial=0.0, reconnect_attempts_max=1, timeout=5.0,
+            auto_decode=False,
+        )  # fmt: skip
+        BaseConnection.__init__(self, transport)
+        Protocol12.__init__(self, transport, (heartbeat_ms, heartbeat_ms), True)
 
 
 def _text(body: Any) -> str:
