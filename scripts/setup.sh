@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything the workbench needs on a Debian machine, idempotently:
-#   apt packages (Docker Engine, debootstrap, ActiveMQ, Docker Distribution, venv), the
+#   apt packages (Docker Engine, debootstrap, ActiveMQ, Docker Distribution, PostgreSQL, venv), the
 #   Docker daemon, the virtual environment in .venv with the project and its developer
 #   tools, and the images (the offline Debian base image and the reference algorithms).
 # Run by scripts/demo.sh and scripts/test.sh; safe to run again at any time.
@@ -17,7 +17,7 @@ as_root() {
 }
 
 install_apt_packages() {
-    local wanted=(docker.io debootstrap tar util-linux ca-certificates activemq libxstream-java docker-registry)
+    local wanted=(docker.io debootstrap tar util-linux ca-certificates activemq libxstream-java docker-registry postgresql)
     python3 -c 'import venv, ensurepip' 2>/dev/null || wanted+=(python3-venv)
     local missing=()
     for pkg in "${wanted[@]}"; do

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from services import need
 
-pytest_plugins = ["broker_fixtures"]
+pytest_plugins = ["broker_fixtures", "pg_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 
