@@ -71,11 +71,10 @@ def _spoke_serve(ns: argparse.Namespace) -> int:
     from workbench.spoke_service.config import SpokeConfig
     from workbench.spoke_service.engine import DockerEngine
     from workbench.spoke_service.service import Spoke
-    from workbench.transport.factory import connect
 
     config = SpokeConfig.from_file(ns.config)
     engine = DockerEngine.from_env()
-    spoke = Spoke(config, connect(config.broker), engine)
+    spoke = Spoke(config, config.connect(), engine)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

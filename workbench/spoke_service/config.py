@@ -12,6 +12,11 @@
     concurrency = 1                           # cases run at once
     heartbeat_s = 30
 
+    [tls]                                     # mutual TLS to the broker (stomp+ssl:// URLs)
+    certificate = "pki/site-01.crt"           # workbench pki issue site-01 --role spoke
+    key = "pki/site-01.key"
+    ca_certificate = "pki/ca.crt"
+
     [policy]                                  # the institution's rules: see policy.py
     max_timeout_s = 3600                      # ceilings no order can exceed
     max_memory = "4g"
@@ -30,6 +35,8 @@ from typing import Any
 
 from workbench.errors import ConfigError
 from workbench.spoke_service.policy import SpokePolicy
+from workbench.transport.base import Broker
+from workbench.transport.stomp_connection import ClientTls
 
 _SPOKE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -48,6 +55,7 @@ class SpokeConfig:
     policy: SpokePolicy = field(default_factory=SpokePolicy)
     trusted_keys: tuple[Path, ...] = ()
     signing_key: Path | None = None
+    tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         if not _SPOKE_ID.match(self.spoke_id):
@@ -69,8 +77,8 @@ class SpokeConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> SpokeConfig:
         """Build from parsed settings; unknown keys are an error (typos must not pass)."""
-        known = {"spoke_id", "state_dir", "dicom_dir", "broker", "reference_csv",
-                 "concurrency", "heartbeat_s", "policy", "trusted_keys", "signing_key"}  # fmt: skip
+        known = {"spoke_id", "state_dir", "dicom_dir", "broker", "reference_csv", "concurrency",
+                 "heartbeat_s", "policy", "trusted_keys", "signing_key", "tls"}  # fmt: skip
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown spoke settings: {', '.join(sorted(unknown))}")
@@ -90,9 +98,16 @@ class SpokeConfig:
                 policy=SpokePolicy.from_dict(data.get("policy")),
                 trusted_keys=tuple(base / str(p) for p in data.get("trusted_keys", ())),
                 signing_key=base / data["signing_key"] if data.get("signing_key") else None,
+                tls=_tls(data.get("tls"), base),
             )
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid spoke setting: {e}") from e
+
+    def connect(self) -> Broker:
+        """Connect to this spoke's broker(s), over mutual TLS when ``[tls]`` is set."""
+        from workbench.transport.factory import connect
+
+        return connect(self.broker, tls=self.tls)
 
     @property
     def catalog_path(self) -> Path:
@@ -118,3 +133,14 @@ class SpokeConfig:
     def secret_path(self) -> Path:
         """The pseudonym secret (made on first start, mode 0600)."""
         return self.state_dir / "pseudonym.key"
+
+
+def _tls(table: Any, base: Path) -> ClientTls | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict) or set(table) != {"certificate", "key", "ca_certificate"}:
+        raise ConfigError("[tls] needs exactly certificate, key and ca_certificate")
+    return ClientTls(
+        base / str(table["certificate"]), base / str(table["key"]),
+        base / str(table["ca_certificate"]),
+    )  # fmt: skip
