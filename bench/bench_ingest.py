@@ -1,14 +1,19 @@
-"""Hub ingestion of ``case.result`` messages against a raw stomp.py consumer, same run.
+"""Hub ingestion of signed ``case.result`` messages against a raw stomp.py consumer, same run.
 
-One managed ActiveMQ; N identical-in-shape result messages (distinct participants) are
-queued twice: once on a scratch queue that a raw stomp.py consumer drains with
-``ack:client-individual`` and the hub's prefetch, acknowledging each message as it arrives
-(no parsing, no database); once on the hub inbox, which a ``Hub`` drains into its SQLite
-results store (parse and validate, check spoke and experiment, insert idempotently,
-commit, then acknowledge). ``ratio`` is raw time over hub time: 1.0 means ingestion costs
-nothing beyond the transport. Rounds alternate the order; medians are reported.
+One managed ActiveMQ; N identical-in-shape result messages (distinct participants), each
+signed by the spoke's Ed25519 key as a spoke sends them (canonical JSON body, signature in
+the ``elic-signature`` header), are queued twice: once on a scratch queue that a raw
+stomp.py consumer drains with ``ack:client-individual`` and the hub's prefetch,
+acknowledging each message as it arrives (no verification, no parsing, no database); once
+on the hub inbox, which a ``Hub`` configured as in production (its signing key, the
+spoke's public key, an audit log) drains into its SQLite results store: verify the
+signature, parse and validate, check spoke and experiment, detect replays, insert
+idempotently, commit, append the batch to the audit log, then acknowledge. ``ratio`` is
+raw time over hub time: 1.0 means ingestion costs nothing beyond the transport. Rounds
+alternate the order; medians are reported. ``--unsigned`` runs the hub with
+``insecure_unsigned`` on unsigned messages instead, for comparison.
 
-    .venv/bin/python -m bench.bench_ingest [--messages 5000] [--rounds 3]
+    .venv/bin/python -m bench.bench_ingest [--messages 5000] [--rounds 3] [--unsigned]
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import time
 import uuid
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from bench.bench_transport import consume_raw, raw_connection
 from workbench.core import messages as m
 from workbench.hub_kernel.service import Hub, HubConfig, default_studies_dir
@@ -30,38 +37,53 @@ from workbench.hub_kernel.store import ResultsStore
 from workbench.hub_kernel.studies import StudyCatalog
 from workbench.transport.activemq import ManagedBroker
 from workbench.transport.stomp_broker import StompBroker
+from workbench.trust.audit import AuditLog
+from workbench.trust.keys import TrustStore, generate_key
+from workbench.trust.wire import WireSigner
 
 DIGEST = "sha256:" + "e" * 64
 PREFETCH = HubConfig().prefetch  # the hub's own default; the raw consumer gets the same
+Frame = tuple[bytes, dict[str, str]]
 
 
-def results(experiment_id: str, manifest_hash: str, n: int, start: int = 0) -> list[bytes]:
+def results(
+    experiment_id: str,
+    manifest_hash: str,
+    n: int,
+    start: int = 0,
+    key: Ed25519PrivateKey | None = None,
+) -> list[Frame]:
+    """``n`` results of site-01 as it sends them: signed with ``key``, else unsigned."""
     timepoint = {"index": 0, "nodule_volume_mm3": 812.5, "diameter_mm": 11.6}
     output = {"nodule_found": True, "nodule_volume_mm3": 812.5, "malignancy_score": 0.61,
               "timepoints": [timepoint]}  # fmt: skip
     body = json.dumps(output).encode()
-    return [
-        m.encode(
-            m.CaseResult(
-                experiment_id=experiment_id,
-                spoke_id="site-01",
-                participant_id=f"p-{i:016x}",
-                algorithm="nodule-volume",
-                manifest_hash=manifest_hash,
-                image_digest=DIGEST,
-                output=output,
-                output_sha256=hashlib.sha256(body).hexdigest(),
-                reference={"malignant": i % 2, "nodule_volume_mm3_t0": 800.0},
-            )
+    signer = WireSigner(key) if key is not None else None
+    frames: list[Frame] = []
+    for i in range(start, start + n):
+        message = m.CaseResult(
+            experiment_id=experiment_id,
+            spoke_id="site-01",
+            participant_id=f"p-{i:016x}",
+            algorithm="nodule-volume",
+            manifest_hash=manifest_hash,
+            image_digest=DIGEST,
+            output=output,
+            output_sha256=hashlib.sha256(body).hexdigest(),
+            reference={"malignant": i % 2, "nodule_volume_mm3_t0": 800.0},
+            audit_head=f"{i + 1}:" + "0" * 64,
         )
-        for i in range(start, start + n)
-    ]
+        if signer is None:
+            frames.append((m.encode(message), {}))
+        else:
+            frames.append(signer.sign(message.model_dump(mode="json")))
+    return frames
 
 
-def fill(port: int, queue: str, bodies: list[bytes]) -> None:
+def fill(port: int, queue: str, frames: list[Frame]) -> None:
     conn = raw_connection(port)
-    for body in bodies[:-1]:
-        conn.send(queue, body, headers={"persistent": "true"})
+    for body, headers in frames[:-1]:
+        conn.send(queue, body, headers={**headers, "persistent": "true"})
     receipt = uuid.uuid4().hex
     done: list[str] = []
 
@@ -70,7 +92,8 @@ def fill(port: int, queue: str, bodies: list[bytes]) -> None:
             done.append(frame.headers["receipt-id"])  # type: ignore[attr-defined]
 
     conn.set_listener("r", Receipts())
-    conn.send(queue, bodies[-1], headers={"persistent": "true", "receipt": receipt})
+    body, headers = frames[-1]
+    conn.send(queue, body, headers={**headers, "persistent": "true", "receipt": receipt})
     deadline = time.monotonic() + 60
     while receipt not in done:
         if time.monotonic() > deadline:
@@ -79,12 +102,22 @@ def fill(port: int, queue: str, bodies: list[bytes]) -> None:
     conn.disconnect()
 
 
-def hub_round(url: str, port: int, workdir: Path, n: int) -> float:
-    store = ResultsStore.open(f"sqlite:///{workdir / f'hub-{uuid.uuid4().hex}.sqlite'}")
+def hub_round(
+    url: str, port: int, workdir: Path, n: int, spoke_key: Ed25519PrivateKey | None
+) -> float:
+    """Seconds for a hub to ingest ``n`` results (signed by ``spoke_key``, if given)."""
+    name = f"hub-{uuid.uuid4().hex}"
+    store = ResultsStore.open(f"sqlite:///{workdir / f'{name}.sqlite'}")
     store.allow_spokes(["site-01"])
     broker = StompBroker.from_url(url)
+    trust = None
+    if spoke_key is not None:
+        trust = TrustStore()
+        trust.add(spoke_key.public_key(), name="site-01")
+    audit = AuditLog(workdir / f"{name}.audit.jsonl")
     hub = Hub(store, broker, StudyCatalog(default_studies_dir()), allowed_spokes=["site-01"],
-              prefetch=PREFETCH)  # fmt: skip
+              prefetch=PREFETCH, signer=WireSigner(generate_key()), trust=trust, audit=audit,
+              insecure_unsigned=spoke_key is None, owns_audit=True)  # fmt: skip
     hub.registry.register({
         "name": "nodule-volume", "version": "1.0.0", "image": "elic/nodule-volume:1.0.0",
         "digest": DIGEST, "output_schema": {"type": "object"},
@@ -93,7 +126,7 @@ def hub_round(url: str, port: int, workdir: Path, n: int) -> float:
         {"study": "lung-screening", "algorithms": ["nodule-volume"], "spokes": ["site-01"]}
     )
     experiment_id = status.experiment_id
-    fill(port, m.HUB_INBOX, results(experiment_id, status.manifest_hash, n))
+    fill(port, m.HUB_INBOX, results(experiment_id, status.manifest_hash, n, key=spoke_key))
     started = time.perf_counter()
     hub.start()
     deadline = time.monotonic() + 300
@@ -105,6 +138,8 @@ def hub_round(url: str, port: int, workdir: Path, n: int) -> float:
         time.sleep(0.002)
     elapsed = time.perf_counter() - started
     assert store.result_count(experiment_id) == n
+    if spoke_key is not None:
+        assert hub.experiments.status(experiment_id).results_verified == n
     hub.stop()
     broker.close()
     store.close()
@@ -115,13 +150,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--unsigned", action="store_true", help="unsigned messages, hub insecure_unsigned"
+    )
     ns = parser.parse_args()
+    spoke_key = None if ns.unsigned else generate_key()
     with tempfile.TemporaryDirectory(prefix="elic-bench-ingest-") as tmp:
         broker = ManagedBroker(Path(tmp) / "broker")
         status = broker.start()
         port = status.stomp_port
         assert port is not None
-        sample = results("exp-x", "0" * 64, ns.messages)
+        sample = results("exp-x", "0" * 64, ns.messages, key=spoke_key)
         raw_times, hub_times = [], []
         try:
             for round_no in range(ns.rounds):
@@ -132,13 +171,16 @@ def main() -> int:
                     if which == "raw":
                         raw_times.append(consume_raw(port, scratch, ns.messages, PREFETCH))
                     else:
-                        hub_times.append(hub_round(broker.stomp_url, port, Path(tmp), ns.messages))
+                        hub_times.append(
+                            hub_round(broker.stomp_url, port, Path(tmp), ns.messages, spoke_key)
+                        )
         finally:
             broker.stop()
     raw, hub = statistics.median(raw_times), statistics.median(hub_times)
     result = {
         "messages": ns.messages,
-        "bytes_per_message": len(sample[0]),
+        "signed": spoke_key is not None,
+        "bytes_per_message": len(sample[0][0]),
         "raw_stomp_msgs_per_s": round(ns.messages / raw),
         "hub_ingest_msgs_per_s": round(ns.messages / hub),
         "ratio": round(raw / hub, 2),

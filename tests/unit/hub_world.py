@@ -1,34 +1,43 @@
-"""A small hub world for the hub's unit tests: store, broker, parts, and message makers.
+"""A small hub world for the hub's unit tests: store, broker, parts, keys, message makers.
 
 Everything is real except the broker (``InMemoryBroker``) and the database file (a SQLite
 file in the test's temporary folder). The study is the project's own ``lung-screening``.
+``Keys`` is a consortium's Ed25519 keys (the hub's and one per spoke); a world's dispatcher
+signs with the hub's key and writes the hub's audit log beside the database.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
 from workbench.core import messages as m
 from workbench.core.run_errors import RunErrorCode
+from workbench.hub_kernel.audit_trail import AuditTrail
 from workbench.hub_kernel.dispatcher import Dispatcher
 from workbench.hub_kernel.effects import Outcome
 from workbench.hub_kernel.experiments import Experiments
-from workbench.hub_kernel.ingest import inbound
+from workbench.hub_kernel.ingest import Ingestor, inbound
 from workbench.hub_kernel.models import AlgorithmSpec, ExperimentStatus
 from workbench.hub_kernel.registry import Registry
 from workbench.hub_kernel.store import ResultsStore
 from workbench.hub_kernel.studies import StudyCatalog
 from workbench.hub_kernel.tables import utcnow
-from workbench.transport.base import Delivery
+from workbench.transport.base import Broker, Delivery, Handler, Subscription
 from workbench.transport.memory import InMemoryBroker, InMemoryConnection
+from workbench.trust.audit import AuditLog
+from workbench.trust.keys import TrustStore, generate_key, key_id, new_key_pair
+from workbench.trust.wire import SIGNATURE_HEADER, WireSigner
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "studies"
@@ -56,8 +65,112 @@ def spec(name: str = LAV, version: str = "1.0.0", digest: str | None = None) -> 
 
 
 @dataclass
+class Keys:
+    """A consortium's signing keys: the hub's, one per spoke, and a stranger's (trusted by no
+    one)."""
+
+    hub: Ed25519PrivateKey
+    spokes: dict[str, Ed25519PrivateKey]
+    stranger: Ed25519PrivateKey
+
+    @classmethod
+    def make(cls, spokes: Iterable[str] = (*SPOKES, "site-03")) -> Keys:
+        """New keys for the hub and each of ``spokes``."""
+        return cls(generate_key(), {s: generate_key() for s in spokes}, generate_key())
+
+    @property
+    def hub_signer(self) -> WireSigner:
+        """What the hub signs orders with."""
+        return WireSigner(self.hub)
+
+    def trust(self) -> TrustStore:
+        """The hub's trust store: each spoke's public key, named after the spoke."""
+        store = TrustStore()
+        for spoke, key in self.spokes.items():
+            store.add(key.public_key(), name=spoke)
+        return store
+
+    def hub_trust(self) -> TrustStore:
+        """A spoke's trust store: the hub's public key, named ``hub``."""
+        store = TrustStore()
+        store.add(self.hub.public_key(), name="hub")
+        return store
+
+    def sign(self, message: BaseModel, by: str | None = None) -> tuple[bytes, dict[str, str]]:
+        """``message`` as a spoke sends it: canonical body and signature header.
+
+        ``by`` names the signing spoke (``stranger`` for the untrusted key); by default the
+        spoke the message names.
+        """
+        document = message.model_dump(mode="json")
+        return WireSigner(self._key(by or document["spoke_id"])).sign(document)
+
+    def sign_body(self, body: bytes, by: str) -> dict[str, str]:
+        """The signature header of exactly ``body`` (bytes that need not be a message)."""
+        key = self._key(by)
+        value = base64.b64encode(key.sign(body)).decode("ascii")
+        return {SIGNATURE_HEADER: f"{key_id(key)}:{value}"}
+
+    def send(self, broker: Broker, message: BaseModel, by: str | None = None) -> None:
+        """Send ``message`` to the hub's inbox, signed as ``sign`` does."""
+        body, headers = self.sign(message, by)
+        broker.send(m.HUB_INBOX, body, headers)
+
+    def write(self, folder: Path) -> tuple[Path, Path]:
+        """The hub's ``private.pem`` and a folder of ``<spoke>.pem`` public keys, on disk."""
+        hub = new_key_pair(folder / "hub", self.hub).private
+        spokes = folder / "spokes"
+        spokes.mkdir(parents=True)
+        for spoke, key in self.spokes.items():
+            pem = key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            (spokes / f"{spoke}.pem").write_bytes(pem)
+        return hub, spokes
+
+    def _key(self, name: str) -> Ed25519PrivateKey:
+        return self.stranger if name == "stranger" else self.spokes[name]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One message a ``RecordingBroker`` passed on."""
+
+    destination: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class RecordingBroker:
+    """A broker connection that records every confirmed send, with its headers."""
+
+    def __init__(self, inner: Broker) -> None:
+        self.inner = inner
+        self.sent: list[Sent] = []
+
+    def send(self, destination: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.inner.send(destination, body, headers)
+        self.sent.append(Sent(destination, body, dict(headers or {})))
+
+    def subscribe(self, destination: str, handler: Handler, prefetch: int = 1) -> Subscription:
+        return self.inner.subscribe(destination, handler, prefetch)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def to(self, spoke_id: str) -> list[Sent]:
+        """What was sent to one spoke's orders queue, in order."""
+        return [s for s in self.sent if s.destination == m.orders_queue(spoke_id)]
+
+
+@dataclass
 class World:
-    """The hub's parts over one SQLite file and one in-memory broker."""
+    """The hub's parts over one SQLite file and one in-memory broker.
+
+    ``keys``, ``audit`` and ``recorder`` are set by ``make_world``: the dispatcher signs
+    with ``keys.hub``, the parts record into ``audit``, and ``recorder`` holds every order
+    and cancel sent, with its headers.
+    """
 
     store: ResultsStore
     server: InMemoryBroker
@@ -65,6 +178,17 @@ class World:
     registry: Registry
     experiments: Experiments
     dispatcher: Dispatcher
+    keys: Keys | None = None
+    audit: AuditLog | None = None
+    recorder: RecordingBroker | None = None
+
+    def ingestor(self, **options: Any) -> Ingestor:
+        """An ``Ingestor`` that requires every message signed by its spoke (``keys``) and
+        records its batches in ``audit``."""
+        assert self.keys is not None
+        return Ingestor(
+            self.store, trust=self.keys.trust(), audit=AuditTrail(self.audit), **options
+        )
 
     def launch(self, spokes: tuple[str, ...] = SPOKES, **extra: Any) -> ExperimentStatus:
         """Launch lung-screening with both algorithms at ``spokes``."""
@@ -99,9 +223,13 @@ def make_world(tmp_path: Path, allowed: tuple[str, ...] = SPOKES, register: bool
     if register:
         registry.register(spec(LAV))
         registry.register(spec(NODULE))
-    dispatcher = Dispatcher(broker, store)
-    experiments = Experiments(store, registry, StudyCatalog(STUDIES), dispatcher)
-    return World(store, server, broker, registry, experiments, dispatcher)
+    keys = Keys.make()
+    audit = AuditLog(tmp_path / "hub.audit.jsonl")
+    trail = AuditTrail(audit)
+    recorder = RecordingBroker(broker)
+    dispatcher = Dispatcher(recorder, store, keys.hub_signer, trail)
+    experiments = Experiments(store, registry, StudyCatalog(STUDIES), dispatcher, audit=trail)
+    return World(store, server, broker, registry, experiments, dispatcher, keys, audit, recorder)
 
 
 def result(
@@ -152,11 +280,19 @@ class Settled:
 
     events: list[tuple[str, str]] = field(default_factory=list)
 
-    def delivery(self, body: bytes | BaseModel, message_id: str) -> Delivery:
-        """A delivery whose ack/reject are recorded here."""
+    def delivery(
+        self,
+        body: bytes | BaseModel | tuple[bytes, dict[str, str]],
+        message_id: str,
+        headers: dict[str, str] | None = None,
+    ) -> Delivery:
+        """A delivery whose ack/reject are recorded here (``body`` may be ``Keys.sign``'s)."""
+        if isinstance(body, tuple):
+            body, signed = body
+            headers = {**signed, **(headers or {})}
         data = body if isinstance(body, bytes) else body.model_dump_json().encode()
         return Delivery(
-            body=data, destination=m.HUB_INBOX, message_id=message_id,
+            body=data, destination=m.HUB_INBOX, message_id=message_id, headers=headers or {},
             _ack=lambda: self.events.append(("ack", message_id)),
             _reject=lambda: self.events.append(("reject", message_id)),
         )  # fmt: skip

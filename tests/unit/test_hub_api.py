@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_world import DIGESTS, LAV, NODULE, SPOKES, STUDIES, result, spec, wait_until
+from hub_world import DIGESTS, LAV, NODULE, SPOKES, STUDIES, Keys, result, spec, wait_until
 
 from workbench.core import messages as m
 from workbench.errors import (
@@ -27,6 +27,8 @@ from workbench.hub_kernel.store import ResultsStore
 from workbench.hub_kernel.studies import StudyCatalog
 from workbench.transport.base import DEAD_LETTER_QUEUE
 from workbench.transport.memory import InMemoryBroker
+from workbench.trust.audit import AuditLog
+from workbench.trust.keys import key_id
 
 
 @pytest.fixture
@@ -35,9 +37,18 @@ def server() -> InMemoryBroker:
 
 
 @pytest.fixture
-def hub(tmp_path: Path, server: InMemoryBroker) -> Iterator[Hub]:
+def keys() -> Keys:
+    return Keys.make()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, server: InMemoryBroker, keys: Keys) -> Iterator[Hub]:
     store = ResultsStore.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
-    hub = Hub(store, server.connect(), StudyCatalog(STUDIES), allowed_spokes=SPOKES)
+    hub = Hub(
+        store, server.connect(), StudyCatalog(STUDIES), allowed_spokes=SPOKES,
+        signer=keys.hub_signer, trust=keys.trust(), audit=AuditLog(tmp_path / "audit.jsonl"),
+        owns_audit=True,
+    )  # fmt: skip
     hub.start()
     yield hub
     hub.stop()
@@ -63,14 +74,14 @@ def _raw(url: str, method: str, data: bytes | None) -> tuple[int, dict[str, Any]
 
 
 def test_launch_status_and_results_through_the_client(
-    client: HubClient, hub: Hub, server: InMemoryBroker
+    client: HubClient, hub: Hub, server: InMemoryBroker, keys: Keys
 ) -> None:
     launched = client.launch("lung-screening", [LAV], list(SPOKES), {LAV: {"threshold_hu": -920}})
     status = ExperimentStatus.model_validate(launched)
     orders = [m.parse_message(b) for b in server.drain(m.orders_queue("site-01"))]
     spoke = server.connect()
-    spoke.send(m.HUB_INBOX, m.encode(result(status, "p-1", {"lav950_percent": 2.5}, {"y": 1})))
-    spoke.send(m.HUB_INBOX, m.encode(result(status, "p-2", {"lav950_percent": 7.0}, {"y": 0})))
+    keys.send(spoke, result(status, "p-1", {"lav950_percent": 2.5}, {"y": 1}))
+    keys.send(spoke, result(status, "p-2", {"lav950_percent": 7.0}, {"y": 0}))
     wait_until(lambda: client.experiment(status.experiment_id)["results"] == 2, "two results")
 
     got = client.experiment(status.experiment_id)
@@ -81,6 +92,7 @@ def test_launch_status_and_results_through_the_client(
     assert isinstance(order, m.ExperimentOrder)
     assert order.manifest_hash == launched["manifest_hash"]
     assert got["state"] == "running" and got["spokes"][0]["results"] == 2
+    assert got["results_verified"] == got["spokes"][0]["results_verified"] == 2
     assert [r["participant_id"] for r in rows] == ["p-1", "p-2"]
     assert rows[0]["output"] == {"lav950_percent": 2.5} and rows[0]["reference"] == {"y": 1}
     assert set(rows[0]) >= {
@@ -183,20 +195,22 @@ def test_openapi_describes_every_route_and_nothing_else(hub: Hub, client: HubCli
 
 
 def test_lists_of_spokes_studies_and_rejections(
-    client: HubClient, hub: Hub, server: InMemoryBroker
+    client: HubClient, hub: Hub, server: InMemoryBroker, keys: Keys
 ) -> None:
-    server.connect().send(m.HUB_INBOX, b"garbage")
+    server.connect().send(m.HUB_INBOX, b"garbage", keys.sign_body(b"garbage", "site-01"))
     wait_until(lambda: server.depth(DEAD_LETTER_QUEUE) == 1, "the dead letter")
 
     spokes = client.spokes()
     studies = client.studies()
     rejections = client.rejections()
 
-    assert [s["spoke_id"] for s in spokes] == list(SPOKES)
+    assert [s["spoke_id"] for s in spokes] == [*SPOKES, "site-03"]  # site-03: a trusted key
     assert all(s["allowed"] and s["last_heartbeat_at"] is None for s in spokes)
     assert "lung-screening" in [s["name"] for s in studies]
     assert client.study("lung-screening")["cohort"]["min_timepoints"] == 2
     assert len(rejections) == 1 and rejections[0]["reason"].startswith("malformed")
+    signer = key_id(keys.spokes["site-01"])
+    assert (rejections[0]["code"], rejections[0]["key_id"]) == ("malformed", signer)
     assert client.health()["ingest"]["rejected"] == 1
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_world import DIGESTS, LAV, NODULE, SPOKES, STUDIES, result, spec, wait_until
+from hub_world import DIGESTS, LAV, NODULE, SPOKES, STUDIES, Keys, result, spec, wait_until
 
 from workbench.cli import hub as hub_cli
 from workbench.cli.experiment import parse_args
@@ -25,6 +25,7 @@ from workbench.hub_kernel.store import ResultsStore
 from workbench.hub_kernel.studies import StudyCatalog
 from workbench.images.algorithms import default_algorithms_dir, load
 from workbench.transport.memory import InMemoryBroker
+from workbench.trust.audit import verify
 
 
 @pytest.fixture
@@ -33,9 +34,16 @@ def server() -> InMemoryBroker:
 
 
 @pytest.fixture
-def hub(tmp_path: Path, server: InMemoryBroker) -> Iterator[Hub]:
+def keys() -> Keys:
+    return Keys.make()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, server: InMemoryBroker, keys: Keys) -> Iterator[Hub]:
     store = ResultsStore.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
-    with Hub(store, server.connect(), StudyCatalog(STUDIES), allowed_spokes=SPOKES) as hub:
+    parts = {"signer": keys.hub_signer, "trust": keys.trust()}
+    with Hub(store, server.connect(), StudyCatalog(STUDIES), allowed_spokes=SPOKES,
+             **parts) as hub:  # fmt: skip
         client = HubClient(hub.url)
         for name in (LAV, NODULE):
             client.register_algorithm(spec(name).model_dump(mode="json"))
@@ -44,16 +52,19 @@ def hub(tmp_path: Path, server: InMemoryBroker) -> Iterator[Hub]:
 
 
 def test_launch_status_results_and_cancel_from_the_command_line(
-    hub: Hub, server: InMemoryBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+    hub: Hub, server: InMemoryBroker, keys: Keys, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
     common = ["--hub", hub.url]
     launch = ["experiment", "launch", "--study", "lung-screening", "--algorithm", LAV]
     assert main([*launch, "--spoke", "site-01", "--arg", f"{LAV}.threshold_hu=-900", *common]) == 0
     experiment_id = capsys.readouterr().out.strip()
     (order,) = [m.parse_message(b) for b in server.drain(m.orders_queue("site-01"))]
     status = ExperimentStatus.model_validate(HubClient(hub.url).experiment(experiment_id))
-    server.connect().send(m.HUB_INBOX, m.encode(result(status, "p-1", {"score": 0.75}, {"y": 1})))
+    keys.send(server.connect(), result(status, "p-1", {"score": 0.75}, {"y": 1}))
+    keys.send(server.connect(), result(status, "p-2", {"score": 0.5}), by="site-02")  # forged
     wait_until(lambda: hub.store.result_count(experiment_id) == 1, "the result")
+    wait_until(lambda: hub.ingestor.stats.rejected == 1, "the refusal")
 
     assert main(["experiment", "status", experiment_id, *common]) == 0
     shown = capsys.readouterr().out
@@ -65,6 +76,7 @@ def test_launch_status_results_and_cancel_from_the_command_line(
     assert isinstance(order, m.ExperimentOrder)
     assert order.manifest.algorithms[0].args == {"threshold_hu": -900}
     assert experiment_id in shown and "site-01" in shown and "running" in shown
+    assert "(1 signature-verified)" in shown and "wrong_signer: 1" in shown
     with (tmp_path / "r.csv").open() as f:
         (row,) = list(csv.DictReader(f))
     assert (row["participant_id"], row["output.score"], row["reference.y"]) == (
@@ -164,10 +176,30 @@ def test_an_unknown_config_setting_is_an_error(tmp_path: Path) -> None:
     assert "prot" in str(raised.value)
 
 
-def test_hub_serve_runs_until_sigint_and_shuts_down_cleanly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_hub_serve_options_for_keys_and_audit_log_resolve_like_the_config_file(
+    tmp_path: Path,
 ) -> None:
-    server = InMemoryBroker()
+    config = tmp_path / "conf" / "hub.toml"
+    config.parent.mkdir()
+    config.write_text('db = "sqlite:///x.sqlite"\nsigning_key = "keys/hub/private.pem"\n'
+                      'spoke_keys = "keys/spokes"\n')  # fmt: skip
+
+    from_file = hub_cli.settings(_serve_args("--config", str(config)))
+    overridden = hub_cli.settings(_serve_args(
+        "--config", str(config), "--audit-log", str(tmp_path / "a.jsonl"), "--insecure-unsigned"
+    ))  # fmt: skip
+
+    assert from_file.signing_key == config.parent / "keys" / "hub" / "private.pem"
+    assert from_file.spoke_keys == config.parent / "keys" / "spokes"
+    assert from_file.audit_path() == Path("x.audit.jsonl")  # beside the SQLite file
+    assert from_file.insecure_unsigned is False and overridden.insecure_unsigned is True
+    assert overridden.audit_path() == tmp_path / "a.jsonl"
+
+
+def _serve_until_interrupted(
+    argv: list[str], server: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, dict[str, Any]]:
+    """Run ``workbench hub serve ARGV``, read its health, interrupt it; exit code, health."""
     started: list[Hub] = []
     real_start = Hub.start
 
@@ -184,20 +216,55 @@ def test_hub_serve_runs_until_sigint_and_shuts_down_cleanly(
     def use_then_interrupt() -> None:
         try:
             wait_until(lambda: bool(started), "the hub to start")
-            seen["health"] = HubClient(started[0].url).health()["status"]
+            seen.update(HubClient(started[0].url).health())
         finally:
             os.kill(os.getpid(), signal.SIGINT)
 
-    before = signal.getsignal(signal.SIGINT)
     thread = threading.Thread(target=use_then_interrupt)
     thread.start()
-    code = main(["hub", "serve", "--db", f"sqlite:///{tmp_path / 'h.sqlite'}", "--broker",
-                 "memory://", "--port", "0", "--spoke", "site-01"])  # fmt: skip
+    code = main(["hub", "serve", "--broker", "memory://", "--port", "0", *argv])
     thread.join(timeout=10)
+    return code, seen
+
+
+def test_hub_serve_runs_until_sigint_and_shuts_down_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub_key, spoke_keys = Keys.make(["site-01"]).write(tmp_path / "keys")
+    db = tmp_path / "h.sqlite"
+    before = signal.getsignal(signal.SIGINT)
+
+    code, health = _serve_until_interrupted(
+        ["--db", f"sqlite:///{db}", "--signing-key", str(hub_key), "--spoke-keys",
+         str(spoke_keys)],
+        InMemoryBroker(), monkeypatch,
+    )  # fmt: skip
 
     assert code == 0
-    assert seen["health"] == "ok"
+    assert health["status"] == "ok"
+    assert health["trust"]["signing_required"] is True
+    assert list(health["trust"]["spoke_keys"]) == ["site-01"]
+    assert health["audit"]["path"] == str(tmp_path / "h.audit.jsonl")
     assert signal.getsignal(signal.SIGINT) is before
-    store = ResultsStore.open(f"sqlite:///{tmp_path / 'h.sqlite'}")
-    assert [s.spoke_id for s in store.spokes()] == ["site-01"]
+    store = ResultsStore.open(f"sqlite:///{db}")
+    assert [s.spoke_id for s in store.spokes()] == ["site-01"]  # allow-listed by its key
     store.close()
+    report = verify(tmp_path / "h.audit.jsonl")
+    assert report.ok and report.entries == 2  # hub.started, hub.stopped
+
+
+def test_hub_serve_without_keys_refuses_to_start_unless_insecure_unsigned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = ["--db", f"sqlite:///{tmp_path / 'h.sqlite'}"]
+
+    refused = main(["hub", "serve", "--broker", "memory://", "--port", "0", *db])
+    message = capsys.readouterr().err
+    code, health = _serve_until_interrupted(
+        [*db, "--insecure-unsigned", "--spoke", "site-01"], InMemoryBroker(), monkeypatch
+    )
+
+    assert refused == 1
+    assert "signing_key" in message and "insecure_unsigned" in message
+    assert code == 0 and health["trust"]["signing_required"] is False
+    assert health["trust"]["hub_key_id"] is None

@@ -35,6 +35,26 @@ def test_the_same_result_delivered_twice_counts_once_and_both_are_acked(tmp_path
     assert settled.of("reject") == []
     assert world.store.result_count(status.experiment_id) == 1
     assert world.experiments.status(status.experiment_id).spokes[0].done == 1
+    assert [r.code for r in world.store.rejections()] == ["replayed", "replayed"]
+    assert (ingestor.stats.accepted, ingestor.stats.replayed) == (1, 2)
+
+
+def test_a_second_result_for_the_same_case_under_a_new_message_id_is_a_harmless_duplicate(
+    tmp_path: Path,
+) -> None:
+    world, status = _launched(tmp_path)
+    settled = Settled()
+    ingestor = Ingestor(world.store)
+    first = result(status, "p-1", {"lav950_percent": 3.5})
+    resent = first.model_copy(update={"id": "resent-with-a-new-id"})
+
+    ingestor.handle(settled.delivery(first, "first"))
+    ingestor.handle(settled.delivery(resent, "resent"))
+    ingestor.flush()
+
+    assert settled.of("ack") == ["first", "resent"]
+    assert world.store.rejections() == []
+    assert world.store.result_count(status.experiment_id) == 1
 
 
 def test_malformed_and_unknown_type_messages_go_to_the_dlq_and_later_ones_still_ingest(
@@ -87,6 +107,13 @@ def test_messages_that_fail_the_hubs_checks_are_rejected_with_the_reason(tmp_pat
     assert settled.of("reject") == list(cases)
     assert settled.of("ack") == []
     assert [r.reason for r in reversed(world.store.rejections())] == list(cases)
+    assert [r.code for r in reversed(world.store.rejections())] == [
+        "unknown_spoke", "unknown_experiment", "manifest_mismatch", "image_mismatch",
+        "algorithm_not_in_experiment", "wrong_direction",
+    ]  # fmt: skip
+    assert {r.experiment_id for r in world.store.rejections()} == {
+        status.experiment_id, "exp-none",
+    }  # fmt: skip
     assert world.store.result_count(status.experiment_id) == 0
 
 

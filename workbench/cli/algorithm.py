@@ -61,9 +61,15 @@ def register(sub: Sub) -> None:
         help="register a local algorithm image with the hub",
         description="Read IMAGE's org.elic.* labels (name, version, output and argument "
         "schemas) and its digest from the local Docker Engine, and register it with the hub. "
-        "The same name and version with another digest is refused: give it a new version.",
+        "The same name and version with another digest is refused: give it a new version. "
+        "With --signature, the image's publisher signature travels in every experiment's "
+        "manifest; spokes verify it by digest before each run.",
     )
     p.add_argument("image", metavar="IMAGE", help="local image reference or id (never pulled)")
+    p.add_argument(
+        "--signature", type=Path, metavar="SIG",
+        help="the image's signature file (workbench algorithm sign); must name its digest",
+    )  # fmt: skip
     add_hub_option(p)
     p.set_defaults(handler=_register)
 
@@ -146,9 +152,15 @@ def _register(ns: argparse.Namespace) -> int:
     from workbench.spoke_service.engine import DockerEngine
 
     spec = spec_from_image(DockerEngine.from_env(), ns.image)
-    reply = HubClient(ns.hub).register_algorithm(spec.model_dump(mode="json"))
+    body = spec.model_dump(mode="json")
+    if ns.signature is not None:
+        from workbench.trust.image_signature import read_signature
+
+        body["signature"] = read_signature(ns.signature)
+    reply = HubClient(ns.hub).register_algorithm(body)
     what = "registered" if reply["created"] else "already registered"
-    print(f"{what}: {spec.name}:{spec.version} = {spec.digest}")
+    signed = " (signed)" if reply["algorithm"].get("signature") else ""
+    print(f"{what}: {spec.name}:{spec.version} = {spec.digest}{signed}")
     return 0
 
 

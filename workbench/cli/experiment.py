@@ -156,8 +156,13 @@ def _show(status: dict[str, Any], as_json: bool) -> None:
         return
     print(
         f"{status['experiment_id']}  study {status['study']}  state {status['state']}  "
-        f"results {status['results']}  algorithms {', '.join(status['algorithms'])}"
+        f"results {status['results']} ({status.get('results_verified', 0)} signature-verified)"
+        f"  algorithms {', '.join(status['algorithms'])}"
     )
+    refused = status.get("rejections") or {}
+    if refused:
+        counts = ", ".join(f"{code}: {n}" for code, n in sorted(refused.items()))
+        print(f"refused messages by reason: {counts}")
     columns = ("queued", "running", "done", "failed", "cancelled", "results")
     print("spoke".ljust(20) + "order   expected  " + "".join(c.rjust(10) for c in columns))
     for spoke in status["spokes"]:

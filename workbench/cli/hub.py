@@ -35,6 +35,24 @@ def register(sub: Sub) -> None:
         "--spoke", action="append", metavar="ID",
         help="allow-list a spoke (repeatable); others become known by their heartbeat",
     )  # fmt: skip
+    p.add_argument(
+        "--signing-key", type=Path, metavar="FILE",
+        help="the hub's Ed25519 private.pem (workbench keys new): signs every order",
+    )  # fmt: skip
+    p.add_argument(
+        "--spoke-keys", type=Path, metavar="DIR",
+        help="folder of the spokes' public keys, <spoke-id>.pem each: every inbox message "
+        "must be signed by the spoke it names (those spokes are allow-listed)",
+    )  # fmt: skip
+    p.add_argument(
+        "--audit-log", type=Path, metavar="FILE",
+        help="the hub's hash-chained audit log (default: beside a SQLite file database)",
+    )  # fmt: skip
+    p.add_argument(
+        "--insecure-unsigned", action="store_true", default=None,
+        help="run without --signing-key/--spoke-keys: orders unsigned, spoke messages "
+        "unverified (tests and local experiments only)",
+    )  # fmt: skip
     p.set_defaults(handler=_serve)
 
 
@@ -50,9 +68,17 @@ def settings(ns: argparse.Namespace) -> HubConfig:
         "port": ns.port,
         "studies": str(ns.studies.resolve()) if ns.studies else None,
         "allowed_spokes": (*base.allowed_spokes, *ns.spoke) if ns.spoke else None,
+        "signing_key": _absolute(ns.signing_key),
+        "spoke_keys": _absolute(ns.spoke_keys),
+        "audit_log": _absolute(ns.audit_log),
+        "insecure_unsigned": ns.insecure_unsigned,
     }
     values = {**base.as_dict(), **{k: v for k, v in overrides.items() if v is not None}}
     return HubConfig.from_dict(values, base=Path("/"))
+
+
+def _absolute(path: Path | None) -> str | None:
+    return None if path is None else str(path.expanduser().resolve())
 
 
 def _serve(ns: argparse.Namespace) -> int:
@@ -68,6 +94,9 @@ def _serve(ns: argparse.Namespace) -> int:
     try:
         hub.start()
         say(f"hub serving at {hub.url} (store {config.db}); stop with Ctrl-C")
+        if hub.trust is None or hub.signer is None:
+            say("WARNING: insecure_unsigned: orders are not signed or spoke messages not verified")
+        say(f"audit log {hub.audit.path} (head {hub.audit.head()})")
         stop.wait()
         say("hub stopping")
     finally:

@@ -164,7 +164,10 @@ class HubApp:
 
     def list_rejections(self, req: Request) -> Reply:
         limit = _int(req.query, "limit", 100, 1, 10000)
-        return 200, {"rejections": [_dump(r) for r in self.store.rejections(limit)]}
+        found = self.store.rejections(
+            limit, experiment_id=req.query.get("experiment_id"), code=req.query.get("code")
+        )
+        return 200, {"rejections": [_dump(r) for r in found]}
 
 
 ROUTES: tuple[Route, ...] = (

@@ -52,7 +52,7 @@ class HubClient:
         return cls(os.environ.get(HUB_URL_ENV) or DEFAULT_HUB_URL)
 
     def health(self) -> dict[str, Any]:
-        """``GET /health``: status and version."""
+        """``GET /health``: status, version, ingestion counters, trust and audit log head."""
         return self._call("GET", "/health")
 
     def openapi(self) -> dict[str, Any]:
@@ -68,10 +68,12 @@ class HubClient:
         return list(self._call("GET", "/algorithms")["algorithms"])
 
     def register_algorithm(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """``POST /algorithms``: register (name, version, image, digest, output_schema, ...).
+        """``POST /algorithms``: register (name, version, image, digest, output_schema, ...,
+        and optionally the image's ``signature`` document).
 
         Returns ``{"algorithm": {...}, "created": bool}``. Raises ``ConflictError`` when the
-        name and version are registered with another digest.
+        name and version are registered with another digest, ``BadRequestError`` when the
+        signature names another digest.
         """
         return self._call("POST", "/algorithms", spec)
 
@@ -133,9 +135,16 @@ class HubClient:
         """The results as a ``pandas.DataFrame`` with ``output.*``/``reference.*`` columns."""
         return to_frame(self.results(experiment_id))
 
-    def rejections(self, limit: int = 100) -> list[dict[str, Any]]:
-        """``GET /rejections``: the latest refused inbox messages, newest first."""
-        return list(self._call("GET", f"/rejections?{urlencode({'limit': limit})}")["rejections"])
+    def rejections(
+        self, limit: int = 100, experiment_id: str | None = None, code: str | None = None
+    ) -> list[dict[str, Any]]:
+        """``GET /rejections``: the latest refused inbox messages (filtered), newest first."""
+        query: dict[str, Any] = {"limit": limit}
+        if experiment_id is not None:
+            query["experiment_id"] = experiment_id
+        if code is not None:
+            query["code"] = code
+        return list(self._call("GET", f"/rejections?{urlencode(query)}")["rejections"])
 
     def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()

@@ -2,9 +2,10 @@
 
 ``engine_for`` makes the engine (a SQLite file gets its folder, write-ahead logging, full
 sync and a 30 s busy timeout, so the API's threads and the ingest thread can share it).
-``Database`` creates the tables and gives its subclass transactions whose SQLAlchemy errors
-arrive as ``StoreError``: ``transient`` for a lost or refused connection (worth retrying),
-not for a statement the database refuses.
+``Database`` creates the tables (and adds the nullable columns and the indexes a newer
+schema has to a database made by an older one) and gives its subclass transactions whose
+SQLAlchemy errors arrive as ``StoreError``: ``transient`` for a lost or refused connection
+(worth retrying), not for a statement the database refuses.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.schema import CreateColumn
 
 from workbench.errors import StoreError
 from workbench.hub_kernel.tables import metadata
@@ -56,6 +58,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _upgrade(engine: Engine) -> None:
+    """Add the columns and indexes ``metadata`` has and an existing database lacks.
+
+    Only additive changes: every column added after a table's first release is nullable, so
+    ``ALTER TABLE ... ADD COLUMN`` is all an older database needs (SQLite and PostgreSQL).
+    """
+    found = inspect(engine)
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                if not column.nullable:
+                    raise StoreError(
+                        f"the results store's table {table.name} lacks the required column "
+                        f"{column.name}: it was made by another version of the workbench"
+                    )
+                ddl = CreateColumn(column).compile(dialect=engine.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+            indexes = {i["name"] for i in found.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in indexes:
+                    index.create(conn)
+
+
 class Database:
     """An engine with the store's tables, and error-wrapped transactions."""
 
@@ -63,6 +91,7 @@ class Database:
         self._engine = engine
         with self._errors():
             metadata.create_all(engine)
+            _upgrade(engine)
 
     def close(self) -> None:
         """Release every pooled connection."""

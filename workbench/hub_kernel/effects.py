@@ -13,8 +13,24 @@ with) and writes the accepted ones idempotently on their natural key:
   what the experiment's progress counts against.
 - ``spoke.heartbeat`` / ``participant.manifest``: the spoke's last-seen time and counts.
 
-Everything refused becomes a row in ``rejections``, written in the same transaction, so
-the caller may ``reject()`` it to the dead-letter queue once that transaction committed.
+A result also records the key id that signed it and the spoke's audit-chain head it
+carried; the spoke's row keeps the head with the highest sequence number (``GET /spokes``).
+
+Everything refused becomes a row in ``rejections`` with a reason code, written in the same
+transaction, so the caller may ``reject()`` it to the dead-letter queue once that
+transaction committed. The codes (``CODES``)::
+
+    unsigned          no signature header                      } checked by ingest.py on
+    malformed         a garbled signature, or not a message    } the delivery thread,
+    unknown_key       signed by a key the hub does not trust   } before the body is
+    wrong_signer      signed by another spoke's key            } parsed (wrong_signer:
+    bad_signature     forged, or the content was altered       } once it is)
+    replayed          a result whose message id was committed already (acknowledged: harmless)
+    wrong_direction   a hub-to-spoke message on the inbox
+    unknown_spoke / unknown_experiment / spoke_not_in_experiment / algorithm_not_in_experiment
+    manifest_mismatch / image_mismatch   a result not computed with the experiment's frozen
+                      manifest or pinned image
+    store_refused     the database refused the message's values
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ from workbench.core.messages import (
     CaseResult,
     CaseStatus,
     ExperimentAccepted,
+    ExperimentOrder,
     Message,
     ParticipantManifest,
     SpokeHeartbeat,
@@ -40,11 +57,36 @@ from workbench.hub_kernel import tables as t
 RANK = {"queued": 0, "running": 1, "cancelled": 2, "failed": 3, "done": 4}
 _CASE_KEY = ("experiment_id", "spoke_id", "participant_id", "algorithm")
 _RESULT_KEY = (*_CASE_KEY, "attempt")
+_MAX_SEQ = 2**62
+_ID_CHUNK = 500
+
+CODES = {
+    "unsigned": "the message carries no signature",
+    "malformed": "a garbled signature, or bytes that are not a valid message",
+    "unknown_key": "signed by a key the hub does not trust",
+    "wrong_signer": "signed by a trusted key of another spoke than the one the message names",
+    "bad_signature": "the signature does not match the body: forged or altered",
+    "replayed": "a result whose message id was committed already (acknowledged)",
+    "wrong_direction": "a hub-to-spoke message on the hub's inbox",
+    "unknown_spoke": "from a spoke neither allow-listed nor enrolled",
+    "unknown_experiment": "names no experiment of this hub",
+    "spoke_not_in_experiment": "from a spoke the experiment does not include",
+    "algorithm_not_in_experiment": "names an algorithm the experiment does not run",
+    "manifest_mismatch": "computed under another manifest than the experiment's",
+    "image_mismatch": "computed with another image than the experiment pinned",
+    "store_refused": "the database refused the message's values",
+}
 
 
 @dataclass(frozen=True)
 class Inbound:
-    """One delivery on its way into the store: its parsed message, or why it did not parse."""
+    """One delivery on its way into the store: its verified, parsed message, or why not.
+
+    ``refusal`` (with its ``code``) is set when the message was refused before the store saw
+    it (its signature) or by the store itself; ``problem`` when the bytes are not a message.
+    ``signer_key_id`` is the key whose signature verified; the hints are what a refused
+    message claimed, for its rejection record.
+    """
 
     message_id: str
     body_sha256: str
@@ -55,14 +97,30 @@ class Inbound:
     spoke_hint: str | None = None
     type_hint: str | None = None
     refusal: str | None = None
+    code: str | None = None
+    signer_key_id: str | None = None
+    experiment_hint: str | None = None
+    key_hint: str | None = None
+    id_hint: str | None = None
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """Whether a message was accepted (stored, or a harmless duplicate) and if not, why."""
+    """What became of a message: ``accepted`` means acknowledge it.
+
+    An accepted message was stored, or is a harmless duplicate; a replay is accepted too,
+    but recorded as a rejection (``code`` ``replayed``). A message not accepted goes to the
+    dead-letter queue; ``code`` and ``reason`` say why.
+    """
 
     accepted: bool
     reason: str | None = None
+    code: str | None = None
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the message has a row in ``rejections`` (refused, or a replay)."""
+        return self.code is not None
 
 
 @dataclass(frozen=True)
@@ -77,6 +135,7 @@ class ExperimentFacts:
 @dataclass
 class _Writes:
     spokes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)
     cases: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     results: list[dict[str, Any]] = field(default_factory=list)
     rejections: list[dict[str, Any]] = field(default_factory=list)
@@ -99,21 +158,40 @@ def apply_batch(
     """Check and write ``items`` inside the caller's transaction; one outcome per item."""
     named = {i.message.spoke_id for i in items if i.message is not None}
     known = known_spokes(conn, named)
+    committed = _committed_results(conn, items)
     writes = _Writes()
     outcomes = []
     for item in items:
-        reason = _check(conn, item, known, experiment, enrol_on_heartbeat)
-        if reason is None:
-            assert item.message is not None
+        refused = _check(conn, item, known, experiment, enrol_on_heartbeat)
+        message = item.message
+        if refused is None and isinstance(message, CaseResult):
+            if (message.id, message.spoke_id) in committed:
+                refused = ("replayed", f"replayed: result {message.id} was committed already")
+            committed.add((message.id, message.spoke_id))
+        if refused is None:
+            assert message is not None
             _collect(item, writes)
-            if isinstance(item.message, SpokeHeartbeat):
-                known.add(item.message.spoke_id)
+            if isinstance(message, SpokeHeartbeat):
+                known.add(message.spoke_id)
             outcomes.append(Outcome(True))
         else:
-            writes.rejections.append(_rejection(item, reason))
-            outcomes.append(Outcome(False, reason))
+            code, reason = refused
+            writes.rejections.append(_rejection(item, code, reason))
+            outcomes.append(Outcome(code == "replayed", reason, code))
     _write(conn, writes)
     return outcomes
+
+
+def _committed_results(conn: Connection, items: Sequence[Inbound]) -> set[tuple[str, str]]:
+    """``(message id, spoke)`` of the batch's results that are stored already."""
+    ids = sorted({i.message.id for i in items if isinstance(i.message, CaseResult)})
+    r = t.results.c
+    found: set[tuple[str, str]] = set()
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        rows = conn.execute(select(r.message_id, r.spoke_id).where(r.message_id.in_(chunk)))
+        found.update((row.message_id, row.spoke_id) for row in rows)
+    return found
 
 
 def _check(
@@ -122,36 +200,47 @@ def _check(
     known: set[str],
     experiment: Callable[[Connection, str], ExperimentFacts | None],
     enrol: bool,
-) -> str | None:
+) -> tuple[str, str] | None:
+    """``(code, reason)`` if ``item`` is refused, else ``None``."""
     message = item.message
     if item.refusal is not None:
-        return item.refusal
+        return item.code or "store_refused", item.refusal
     if message is None:
-        return f"malformed: {item.problem or 'unreadable'}"
+        return "malformed", f"malformed: {item.problem or 'unreadable'}"
     if isinstance(message, SpokeHeartbeat):
-        return None if enrol or message.spoke_id in known else "unknown spoke"
+        return None if enrol or message.spoke_id in known else ("unknown_spoke", "unknown spoke")
     if not isinstance(message, CaseStatus | CaseResult | ParticipantManifest | ExperimentAccepted):
-        return f"not a spoke-to-hub message: {message.type}"
+        return "wrong_direction", f"not a spoke-to-hub message: {message.type}"
     if message.spoke_id not in known:
-        return "unknown spoke"
+        return "unknown_spoke", "unknown spoke"
     if isinstance(message, ParticipantManifest):
         return None
     facts = experiment(conn, message.experiment_id)
     if facts is None:
-        return "unknown experiment"
+        return "unknown_experiment", "unknown experiment"
     if message.spoke_id not in facts.spokes:
-        return "spoke not in experiment"
+        return "spoke_not_in_experiment", "spoke not in experiment"
     if isinstance(message, ExperimentAccepted):
         return None
     digest = facts.digests.get(message.algorithm)
     if digest is None:
-        return "algorithm not in experiment"
+        return "algorithm_not_in_experiment", "algorithm not in experiment"
     if isinstance(message, CaseResult):
         if message.manifest_hash != facts.manifest_hash:
-            return "manifest hash mismatch"
+            return "manifest_mismatch", "manifest hash mismatch"
         if message.image_digest != digest:
-            return "image digest mismatch"
+            return "image_mismatch", "image digest mismatch"
+        if message.audit_head is not None and _head_seq(message.audit_head) is None:
+            return "malformed", "malformed: the audit head is out of range"
     return None
+
+
+def _head_seq(head: str) -> int | None:
+    """The sequence number of a ``SEQ:HASH`` head the store can hold, else ``None``."""
+    seq = head.partition(":")[0]
+    if len(head) > t.HEAD or not seq.isdigit() or int(seq) > _MAX_SEQ:
+        return None
+    return int(seq)
 
 
 def _collect(item: Inbound, writes: _Writes) -> None:
@@ -198,10 +287,19 @@ def _collect(item: Inbound, writes: _Writes) -> None:
                 "manifest_hash": message.manifest_hash,
                 "seconds": message.seconds,
                 "message_id": message.id,
+                "signer_key_id": item.signer_key_id,
+                "audit_head": message.audit_head,
                 "received_at": now,
             }
         )
         writes.case(_case_row(message, "done", None, now))
+        seq = _head_seq(message.audit_head) if message.audit_head is not None else None
+        held = writes.heads.get(message.spoke_id)
+        if seq is not None and (held is None or seq > held["audit_seq"]):
+            writes.heads[message.spoke_id] = {
+                "audit_seq": seq, "audit_head": message.audit_head, "audit_head_at": now,
+                "last_key_id": item.signer_key_id,
+            }  # fmt: skip
 
 
 def _case_row(
@@ -220,19 +318,31 @@ def _case_row(
     }
 
 
-def _rejection(item: Inbound, reason: str) -> dict[str, Any]:
+def _rejection(item: Inbound, code: str, reason: str) -> dict[str, Any]:
     message = item.message
     spoke = getattr(message, "spoke_id", None) if message is not None else item.spoke_hint
     kind = message.type if message is not None else item.type_hint
+    experiment_id = _experiment_of(message) if message is not None else item.experiment_hint
+    key_id = item.signer_key_id or item.key_hint
     return {
         "message_id": item.message_id[:200],
         "spoke_id": spoke[: t.SPOKE] if isinstance(spoke, str) else None,
         "message_type": kind[:40] if isinstance(kind, str) else None,
+        "experiment_id": experiment_id[: t.NAME] if isinstance(experiment_id, str) else None,
+        "code": code,
         "reason": reason[:300],
+        "key_id": key_id[: t.KEY_ID] if isinstance(key_id, str) else None,
         "body_sha256": item.body_sha256,
         "body_bytes": item.body_bytes,
         "received_at": item.received_at,
     }
+
+
+def _experiment_of(message: Message) -> str | None:
+    if isinstance(message, ExperimentOrder):
+        return message.manifest.experiment_id
+    found = getattr(message, "experiment_id", None)
+    return found if isinstance(found, str) else None
 
 
 def _write(conn: Connection, writes: _Writes) -> None:
@@ -243,6 +353,13 @@ def _write(conn: Connection, writes: _Writes) -> None:
             conn.execute(
                 insert(t.spokes).values(id=spoke_id, allowed=False, first_seen_at=first, **values)
             )
+    s = t.spokes.c
+    for spoke_id, head in writes.heads.items():  # only ever forward: a late copy is older
+        conn.execute(
+            update(t.spokes)
+            .where(s.id == spoke_id, s.audit_seq.is_(None) | (s.audit_seq < head["audit_seq"]))
+            .values(head)
+        )
     x = t.experiment_spokes.c
     for (experiment_id, spoke_id), values in writes.accepted.items():
         conn.execute(

@@ -3,8 +3,10 @@
 Launching checks everything before anything is stored or sent: the study must be defined
 and valid, every algorithm registered (``name`` takes the latest version, ``name:version``
 one version), every spoke known (allow-listed or seen through a heartbeat), and each
-algorithm's arguments valid against its ``args_schema``. The manifest is then frozen and
-content-hashed, stored, and one persistent order goes to each spoke. An order the broker did
+algorithm's arguments valid against its ``args_schema``. The manifest is then frozen (with
+each algorithm's image signature, if it was registered with one) and content-hashed,
+stored, recorded in the hub's audit trail, and one signed, persistent order goes to each
+spoke. An order the broker did
 not confirm stays pending in the store (``order_sent: false`` in the status) and is sent
 again by ``Dispatcher.redispatch``: a launch never fails half-way for a broker outage.
 
@@ -26,7 +28,8 @@ import jsonschema
 from pydantic import ValidationError
 
 from workbench.core.messages import AlgorithmRef, Manifest, manifest_hash, orders_queue
-from workbench.errors import BadRequestError, NotFoundError
+from workbench.errors import BadRequestError, CanonicalJSONError, NotFoundError
+from workbench.hub_kernel.audit_trail import AuditTrail
 from workbench.hub_kernel.dispatcher import Dispatcher
 from workbench.hub_kernel.models import (
     Algorithm,
@@ -38,6 +41,7 @@ from workbench.hub_kernel.registry import Registry
 from workbench.hub_kernel.store import ResultsStore
 from workbench.hub_kernel.studies import StudyCatalog
 from workbench.hub_kernel.tables import utcnow
+from workbench.trust.canonical import canonical_json, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +56,14 @@ class Experiments:
         studies: StudyCatalog,
         dispatcher: Dispatcher,
         clock: Callable[[], datetime] = utcnow,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._studies = studies
         self._dispatcher = dispatcher
         self._clock = clock
+        self._audit = audit or AuditTrail(None)
 
     def launch(self, request: LaunchRequest | dict[str, Any]) -> ExperimentStatus:
         """Validate, freeze and dispatch an experiment; returns its status.
@@ -73,6 +79,15 @@ class Experiments:
         order_ids = {spoke: uuid.uuid4().hex for spoke in manifest.spokes}
         self._store.add_experiment(manifest, digest, order_ids)
         log.info("launched %s (%s) on %s", manifest.experiment_id, digest[:12], manifest.spokes)
+        self._audit.record("experiment.launched", {
+            "experiment_id": manifest.experiment_id, "manifest_hash": digest,
+            "study": manifest.study, "spokes": list(manifest.spokes),
+            "algorithms": [
+                {"name": a.name, "version": a.version, "digest": a.digest,
+                 "signed_by": _signer_of(a.signature)}
+                for a in manifest.algorithms
+            ],
+        })  # fmt: skip
         for spoke_id in manifest.spokes:
             self._dispatcher.send_order(manifest, digest, spoke_id)
         return self.status(manifest.experiment_id)
@@ -91,6 +106,7 @@ class Experiments:
                 digest=a.digest,
                 args=args.get(a.name, {}),
                 output_schema=a.output_schema,
+                signature=a.signature,
             )
             for a in algorithms
         )
@@ -109,9 +125,16 @@ class Experiments:
         if request.memory_bytes is not None:
             fields["memory_bytes"] = request.memory_bytes
         try:
-            return Manifest.model_validate(fields)
+            manifest = Manifest.model_validate(fields)
+            # The manifest as a spoke will read it back from the signed (canonical JSON)
+            # order: canonical JSON writes 2.0 as 2, so an argument of 2.0 would otherwise
+            # hash differently here (2.0) and at the spoke (2).
+            wire = parse_json(canonical_json(manifest.model_dump(mode="json")))
+            return Manifest.model_validate(wire)
         except ValidationError as e:
             raise BadRequestError(f"cannot build the manifest: {e.errors()[0]['msg']}") from e
+        except CanonicalJSONError as e:
+            raise BadRequestError(f"cannot build the manifest: {e}") from e
 
     def _algorithms(self, refs: list[str]) -> list[Algorithm]:
         found, missing = [], []
@@ -174,6 +197,8 @@ class Experiments:
             algorithms=[f"{a.name}:{a.version}" for a in record.manifest.algorithms],
             spokes=progress,
             results=sum(p.results for p in progress),
+            results_verified=sum(p.results_verified for p in progress),
+            rejections=self._store.rejection_counts(experiment_id),
         )
 
     def list(self) -> list[ExperimentStatus]:
@@ -186,11 +211,21 @@ class Experiments:
         Raises:
             NotFoundError: no such experiment (``unknown_experiment``).
         """
-        self.status(experiment_id)  # raises for an unknown experiment
-        for spoke_id in self._store.mark_cancelled(experiment_id):
+        before = self.status(experiment_id)  # raises for an unknown experiment
+        owed = self._store.mark_cancelled(experiment_id)
+        if before.cancelled_at is None:
+            self._audit.record("experiment.cancelled", {"experiment_id": experiment_id})
+        for spoke_id in owed:
             self._dispatcher.send_cancel(experiment_id, spoke_id)
         log.info("cancelled %s", experiment_id)
         return self.status(experiment_id)
+
+
+def _signer_of(signature: dict[str, Any] | None) -> str | None:
+    """The key id an image signature document names, if any."""
+    found = (signature or {}).get("signature")
+    kid = found.get("key_id") if isinstance(found, dict) else None
+    return kid if isinstance(kid, str) else None
 
 
 def _request(request: LaunchRequest | dict[str, Any]) -> LaunchRequest:

@@ -1,11 +1,15 @@
-"""The hub's inbox consumer: parse, write in batches, and acknowledge only after the commit.
+"""The hub's inbox consumer: verify, parse, write in batches, acknowledge after the commit.
 
-``Ingestor.handle`` is the ``Broker`` handler for ``HUB_INBOX``. It parses the delivery on
-the broker's thread (bytes that are not a valid message become a pending rejection, never an
-exception) and queues it; a flusher thread writes what is queued in one transaction when
-``batch_size`` messages are waiting or the oldest has waited ``max_delay_s``, and only once
-that transaction committed does it ``ack()`` the accepted deliveries and ``reject()`` the
-refused ones (dead-letter queue; the reason is in the ``rejections`` table).
+``Ingestor.handle`` is the ``Broker`` handler for ``HUB_INBOX``. On the broker's delivery
+thread it first verifies the body's signature (``workbench.trust.wire``: the exact bytes
+received, against the spokes' keys), then parses it, then requires the signing key to be
+the key of the spoke the message names: a spoke cannot speak for another. A message that
+fails any of these becomes a pending rejection with its reason code (``effects.CODES``),
+never an exception, and nothing of it reaches the store. The delivery is then queued; a
+flusher thread writes what is queued in one transaction when ``batch_size`` messages are
+waiting or the oldest has waited ``max_delay_s``, appends one entry for the batch to the
+hub's audit log, and only then does it ``ack()`` the accepted deliveries and ``reject()``
+the refused ones (dead-letter queue; the reason is in the ``rejections`` table).
 
 When the store fails:
 
@@ -31,11 +35,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
-from workbench.core.messages import MessageError, parse_message
-from workbench.errors import StoreError
+from workbench.core.messages import MAX_MESSAGE_BYTES, MessageError, parse_message
+from workbench.errors import SignatureError, StoreError
+from workbench.hub_kernel.audit_trail import AuditTrail
 from workbench.hub_kernel.effects import Inbound, Outcome
 from workbench.hub_kernel.tables import utcnow
 from workbench.transport.base import Delivery
+from workbench.trust.keys import TrustStore
+from workbench.trust.signing import verify_bytes
+from workbench.trust.wire import signature_of
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +61,28 @@ class IngestStore(Protocol):
 
 @dataclass
 class IngestStats:
-    """Counters since start: messages accepted and rejected, commits, failed attempts."""
+    """Counters since start: messages accepted, rejected and replayed, commits, failures."""
 
     accepted: int = 0
     rejected: int = 0
+    replayed: int = 0
     batches: int = 0
     failures: int = 0
 
 
 class Ingestor:
-    """Turns inbox deliveries into committed store rows, then settles them with the broker."""
+    """Turns inbox deliveries into committed store rows, then settles them with the broker.
+
+    Args:
+        store: where batches are written.
+        batch_size: commit once this many messages wait.
+        max_delay_s: commit once the oldest waiting message waited this long.
+        clock: the time of receipt.
+        trust: the spokes' public keys, each named after its spoke; every message must be
+            signed by the key of the spoke it names. ``None`` accepts unsigned messages: only
+            for a hub configured ``insecure_unsigned`` (the ``Hub`` refuses it otherwise).
+        audit: the hub's audit trail; each committed batch gets its entries.
+    """
 
     def __init__(
         self,
@@ -70,10 +90,14 @@ class Ingestor:
         batch_size: int = 100,
         max_delay_s: float = 0.02,
         clock: Callable[[], datetime] = utcnow,
+        trust: TrustStore | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         if batch_size < 1 or max_delay_s < 0:
             raise ValueError("batch_size must be at least 1 and max_delay_s not negative")
         self._store = store
+        self._trust = trust
+        self._audit = audit or AuditTrail(None)
         self.batch_size = batch_size
         self.max_delay_s = max_delay_s
         self._clock = clock
@@ -90,7 +114,7 @@ class Ingestor:
     def handle(self, delivery: Delivery) -> None:
         """The subscription handler: parse and queue one delivery (never raises)."""
         try:
-            item = inbound(delivery, self._clock())
+            item = inbound(delivery, self._clock(), self._trust)
         except Exception:  # a bug here must not kill the broker's delivery thread
             log.exception("cannot read delivery %s; it stays unacknowledged", delivery.message_id)
             return
@@ -140,6 +164,7 @@ class Ingestor:
                 self._failed(batch, e)
                 return 0
             self._backoff = _BACKOFF_MIN_S
+            self._audit.batch([item for _, item in batch], outcomes)
             self._settle(batch, outcomes)
             return len(batch)
 
@@ -160,7 +185,9 @@ class Ingestor:
             if e.transient:
                 raise
             log.error("message %s cannot be stored: %s", item.message_id, e)
-            refused = replace(item, refusal=f"store refused the message: {e}"[:300])
+            refused = replace(
+                item, refusal=f"store refused the message: {e}"[:300], code="store_refused"
+            )
             return self._store.apply([refused])[0]
 
     def _failed(self, batch: list[tuple[Delivery, Inbound]], error: StoreError) -> None:
@@ -181,7 +208,11 @@ class Ingestor:
         self.stats.batches += 1
         for (delivery, item), outcome in zip(batch, outcomes, strict=True):
             try:
-                if outcome.accepted:
+                if outcome.accepted and outcome.recorded:  # a replay: harmless, recorded
+                    log.info("replayed message %s acknowledged", item.message_id)
+                    delivery.ack()
+                    self.stats.replayed += 1
+                elif outcome.accepted:
                     delivery.ack()
                     self.stats.accepted += 1
                 else:
@@ -217,33 +248,87 @@ class Ingestor:
                 time.sleep(self._backoff)
 
 
-def inbound(delivery: Delivery, received_at: datetime) -> Inbound:
-    """Parse a delivery into an ``Inbound`` (a message, or the reason it is not one)."""
+def inbound(delivery: Delivery, received_at: datetime, trust: TrustStore | None = None) -> Inbound:
+    """Verify and parse a delivery into an ``Inbound`` (a message, or why it is refused).
+
+    With ``trust``, the body's signature is checked before anything else, and the signer must
+    be the spoke the message names; without, the message is taken unsigned.
+    """
     body = delivery.body
     digest = hashlib.sha256(body).hexdigest()
+    signer = key_id = None
+    if trust is not None:
+        if len(body) > MAX_MESSAGE_BYTES:  # refused before paying to hash it for Ed25519
+            detail = f"message of {len(body)} bytes is too large"
+            return _refused(delivery, digest, received_at, "malformed", detail)
+        try:
+            signature = signature_of(delivery.headers)
+            key_id = signature.key_id
+            signer = verify_bytes(body, signature, trust)
+        except SignatureError as e:
+            key_id = e.key_id or key_id
+            return _refused(delivery, digest, received_at, e.reason, e.detail, key_id)
     try:
         message = parse_message(body)
     except MessageError as e:
-        spoke, kind = _hints(body)
+        spoke, kind, experiment, claimed_id = _hints(body)
         return Inbound(
-            delivery.message_id,
-            digest,
-            len(body),
-            received_at,
-            problem=str(e)[:250],
-            spoke_hint=spoke,
-            type_hint=kind,
-        )
-    return Inbound(delivery.message_id, digest, len(body), received_at, message=message)
+            delivery.message_id, digest, len(body), received_at, problem=str(e)[:250],
+            spoke_hint=spoke, type_hint=kind, experiment_hint=experiment, key_hint=key_id,
+            id_hint=claimed_id,
+        )  # fmt: skip
+    if trust is not None and signer != message.spoke_id:
+        detail = f"signed by {signer}'s key {key_id}, but the message is from {message.spoke_id}"
+        return _refused(delivery, digest, received_at, "wrong_signer", detail, key_id)
+    return Inbound(
+        delivery.message_id, digest, len(body), received_at, message=message,
+        signer_key_id=key_id,
+    )  # fmt: skip
 
 
-def _hints(body: bytes) -> tuple[str | None, str | None]:
-    """The claimed sender and type of an invalid message, for the rejection record."""
+def _refused(
+    delivery: Delivery,
+    digest: str,
+    received_at: datetime,
+    code: str,
+    detail: str,
+    key_id: str | None = None,
+) -> Inbound:
+    """A refusal before the store: what the message claimed is kept only as hints."""
+    spoke, kind, experiment, claimed_id = _hints(delivery.body)
+    return Inbound(
+        delivery.message_id, digest, len(delivery.body), received_at,
+        refusal=f"{code}: {detail}"[:300], code=code, spoke_hint=spoke, type_hint=kind,
+        experiment_hint=experiment, key_hint=key_id, id_hint=claimed_id,
+    )  # fmt: skip
+
+
+_NO_HINTS: tuple[None, None, None, None] = (None, None, None, None)
+
+
+def _hints(body: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    """The claimed sender, type, experiment and id of a refused message, for its record."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        return _NO_HINTS
     try:
         raw = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return None, None
+        return _NO_HINTS
     if not isinstance(raw, dict):
-        return None, None
-    spoke, kind = raw.get("spoke_id"), raw.get("type")
-    return (spoke if isinstance(spoke, str) else None, kind if isinstance(kind, str) else None)
+        return _NO_HINTS
+    experiment = raw.get("experiment_id")
+    if experiment is None and isinstance(raw.get("manifest"), dict):
+        experiment = raw["manifest"].get("experiment_id")
+    return (
+        _text(raw.get("spoke_id")),
+        _text(raw.get("type")),
+        _text(experiment),
+        _text(raw.get("id")),
+    )
+
+
+def _text(value: object) -> str | None:
+    """A claimed string as valid UTF-8 (the database cannot store a lone surrogate)."""
+    if not isinstance(value, str):
+        return None
+    return value[:200].encode("utf-8", "replace").decode("utf-8")

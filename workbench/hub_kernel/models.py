@@ -25,7 +25,13 @@ class _Frozen(BaseModel):
 
 
 class AlgorithmSpec(_Frozen):
-    """What registering an algorithm needs: its declaration and its image, pinned by digest."""
+    """What registering an algorithm needs: its declaration and its image, pinned by digest.
+
+    ``signature`` is the publisher's signature document of the image (``workbench algorithm
+    sign``: a sealed cosign-style simple-signing payload naming ``digest``). The hub checks
+    only that it names this digest; every spoke verifies it against the publisher keys it
+    trusts before each run, by digest.
+    """
 
     name: Name
     version: Name
@@ -34,6 +40,7 @@ class AlgorithmSpec(_Frozen):
     output_schema: dict[str, Any]
     args_schema: dict[str, Any] | None = None
     description: Annotated[str, Field(max_length=2000)] = ""
+    signature: dict[str, Any] | None = None
 
 
 class Algorithm(AlgorithmSpec):
@@ -77,6 +84,13 @@ class SpokeRecord(_Frozen):
     series: int | None
     instances: int | None
     manifest_at: datetime | None
+    audit_head: str | None = Field(
+        default=None,
+        description="The latest audit-chain head (SEQ:HASH) a result of this spoke carried: "
+        "check the spoke's log with `workbench audit verify LOG --head SEQ:HASH`",
+    )
+    audit_head_at: datetime | None = None
+    last_key_id: str | None = Field(default=None, description="The key id that signed that result")
 
 
 class ExperimentRecord(_Frozen):
@@ -110,6 +124,7 @@ class SpokeProgress(_Frozen):
     failed: int = 0
     cancelled: int = 0
     results: int = 0
+    results_verified: int = 0
     errors: dict[str, int] = Field(default_factory=dict)
 
     @property
@@ -136,6 +151,12 @@ class ExperimentStatus(_Frozen):
     algorithms: list[str]
     spokes: list[SpokeProgress]
     results: int
+    results_verified: int = Field(
+        default=0, description="Results whose spoke signature the hub verified"
+    )
+    rejections: dict[str, int] = Field(
+        default_factory=dict, description="Messages of this experiment refused, by reason code"
+    )
 
 
 class ResultRow(_Frozen):
@@ -154,13 +175,21 @@ class ResultRow(_Frozen):
 
 
 class Rejection(_Frozen):
-    """A message the hub refused (and sent to the dead-letter queue), and why."""
+    """A message the hub refused, why (``code`` from ``effects.CODES``), and what it claimed.
+
+    Refused messages went to the dead-letter queue, except replays (``replayed``), which
+    are harmless and acknowledged. ``key_id`` is the key the message's signature named, if
+    it named one.
+    """
 
     id: int
     message_id: str
     spoke_id: str | None
     message_type: str | None
+    experiment_id: str | None = None
+    code: str | None = None
     reason: str
+    key_id: str | None = None
     body_sha256: str
     body_bytes: int
     received_at: datetime

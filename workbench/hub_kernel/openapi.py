@@ -50,6 +50,42 @@ def _query(name: str, text: str, minimum: int, default: int) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": text, "schema": schema}
 
 
+def _text_query(name: str, text: str) -> dict[str, Any]:
+    schema = {"type": "string"}
+    return {"name": name, "in": "query", "required": False, "description": text, "schema": schema}
+
+
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_HEALTH = _obj(
+    status={"type": "string"},
+    version={"type": "string"},
+    ingest=_obj(**{
+        k: {"type": "integer"}
+        for k in ("pending", "accepted", "rejected", "replayed", "batches", "failures")
+    }),
+    trust=_obj(
+        signing_required={
+            "type": "boolean",
+            "description": "every inbox message must be signed by the spoke it names",
+        },
+        hub_key_id={**_NULLABLE_TEXT, "description": "the key id that signs orders"},
+        spoke_keys={
+            "type": "object",
+            "description": "trusted key ids by spoke",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
+    ),
+    audit=_obj(
+        path={**_NULLABLE_TEXT, "description": "the hub's audit log (JSON lines)"},
+        head={
+            **_NULLABLE_TEXT,
+            "description": "its chain head, SEQ:HASH: `workbench audit verify PATH --head HEAD`",
+        },
+        failures={"type": "integer", "description": "entries that could not be appended"},
+    ),
+)  # fmt: skip
+
+
 def _op(
     summary: str,
     reply: dict[str, Any],
@@ -79,8 +115,8 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 _STATUS = ref(ExperimentStatus)
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/health"): _op(
-        "The hub is up and its database answers",
-        _obj(status={"type": "string"}, version={"type": "string"}),
+        "The hub is up and its database answers; ingestion counters, trust and audit log",
+        _HEALTH,
         errors=(503,),
     ),
     ("GET", "/openapi.json"): _op("This description", {"type": "object"}),
@@ -130,10 +166,15 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         ),
     ),
     ("GET", "/rejections"): _op(
-        "Messages refused by the inbox (sent to the dead-letter queue), newest first",
+        "Messages refused by the inbox, newest first: sent to the dead-letter queue, except "
+        "replays (code `replayed`), which are acknowledged",
         _obj(rejections=_list(Rejection)),
         errors=(400,),
-        query=(_query("limit", "how many (at most 10000)", 1, 100),),
+        query=(
+            _query("limit", "how many (at most 10000)", 1, 100),
+            _text_query("experiment_id", "only those of this experiment"),
+            _text_query("code", "only those with this reason code (e.g. bad_signature)"),
+        ),
     ),
 }
 

@@ -3,8 +3,13 @@
 An algorithm image declares itself through ``org.elic.*`` labels (``docs/algorithm-contract.md``):
 ``spec_from_image`` reads them from a local image (the digest is the image ID,
 ``sha256:...``), so registering needs no hand-typed schema. The same name and version
-registered again with the same digest is a no-op; with another digest it is a
-``ConflictError``: a changed image needs a new version.
+registered again with the same digest is a no-op (or adds the image signature it brings);
+with another digest it is a ``ConflictError``: a changed image needs a new version.
+
+An algorithm may carry its publisher's image signature (``workbench algorithm sign``); the
+registry checks that it is a signature document naming the registered digest (a 400
+otherwise), and every experiment's manifest carries it to the spokes, which verify it
+against the publisher keys they trust before each run. The hub holds no publisher keys.
 
 >>> registry = Registry(store)                                          # doctest: +SKIP
 >>> registry.register(spec_from_image(DockerEngine.from_env(), "elic/lung-lav950:1.0.0"))
@@ -31,8 +36,10 @@ from workbench.core.contract import (
     LABEL_VERSION,
 )
 from workbench.core.output_schema import check_schema
-from workbench.errors import BadRequestError, NotFoundError
+from workbench.errors import BadRequestError, NotFoundError, SignatureError
 from workbench.hub_kernel.models import Algorithm, AlgorithmSpec
+from workbench.trust.image_signature import SIGNATURE_TYPE
+from workbench.trust.signing import Signature
 
 if TYPE_CHECKING:  # the CLI reads image labels without loading SQLAlchemy
     from workbench.hub_kernel.store import ResultsStore
@@ -104,7 +111,45 @@ def validate_spec(fields: dict[str, Any]) -> AlgorithmSpec:
             check_schema(schema)
         except Exception as e:  # jsonschema.SchemaError
             raise BadRequestError(f"{which} of {spec.name} is not a JSON Schema: {e}") from e
+    if spec.signature is not None:
+        signed = signed_digest(spec.signature)
+        if signed != spec.digest:
+            raise BadRequestError(
+                f"the image signature of {spec.name}:{spec.version} is for {signed}, not for "
+                f"the registered digest {spec.digest}",
+                code="signature_mismatch",
+            )
     return spec
+
+
+def signed_digest(document: dict[str, Any]) -> str:
+    """The image id an image signature document names (its shape checked, not its key).
+
+    Raises:
+        BadRequestError: not a sealed simple-signing payload (``bad_signature_document``).
+    """
+
+    def bad(what: str) -> BadRequestError:
+        return BadRequestError(
+            f"not an image signature ({what}): use `workbench algorithm sign`",
+            code="bad_signature_document",
+        )
+
+    if set(document) != {"payload", "signature"}:
+        raise bad("an object of payload and signature")
+    try:
+        Signature.from_json(document["signature"])
+    except SignatureError as e:
+        raise bad(e.detail) from e
+    payload = document["payload"]
+    critical = payload.get("critical") if isinstance(payload, dict) else None
+    if not isinstance(critical, dict) or critical.get("type") != SIGNATURE_TYPE:
+        raise bad(f"no critical part of type {SIGNATURE_TYPE!r}")
+    image = critical.get("image")
+    digest = image.get("docker-manifest-digest") if isinstance(image, dict) else None
+    if not isinstance(digest, str):
+        raise bad("it names no image digest")
+    return digest
 
 
 class Registry:

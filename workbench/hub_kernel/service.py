@@ -10,9 +10,22 @@ Tests build a ``Hub`` from parts (an ``InMemoryBroker`` connection, a SQLite fil
     studies = "studies"                          # relative to the config file
     allowed_spokes = ["site-01", "site-02"]
     enrol_on_heartbeat = true                    # a spoke's first heartbeat makes it known
+    signing_key = "keys/hub/private.pem"         # the hub's Ed25519 key: signs every order
+    spoke_keys = "keys/spokes"                   # a folder of <spoke-id>.pem public keys
+    audit_log = "hub.audit.jsonl"                # default: beside a SQLite file database
 
->>> with Hub(ResultsStore.open("sqlite:///hub.sqlite"), broker, StudyCatalog(root)) as hub:
-...     HubClient(hub.url).health()["status"]                       # doctest: +SKIP
+Trust: every inbox message must be signed by the key of the spoke it names, and every order
+and cancel is signed with ``signing_key``. A hub without ``signing_key`` and ``spoke_keys``
+refuses to start unless ``insecure_unsigned = true``, which is for tests and local
+experiments only (spokes refuse unsigned orders). The spokes named in ``spoke_keys`` are
+allow-listed like ``allowed_spokes``.
+
+>>> hub = Hub(ResultsStore.open("sqlite:///hub.sqlite"), broker, StudyCatalog(root),
+...           signer=WireSigner(load_private_key("hub/private.pem")),
+...           trust=TrustStore.from_paths(["spoke-keys"]), audit=AuditLog("hub.audit.jsonl"))
+... # doctest: +SKIP
+>>> with hub:                                                        # doctest: +SKIP
+...     HubClient(hub.url).health()["status"]
 'ok'
 """
 
@@ -28,9 +41,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from workbench.core.messages import HUB_INBOX
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from workbench.core.messages import HUB_INBOX, orders_queue
 from workbench.errors import ConfigError
 from workbench.hub_kernel.api import ApiServer, HubApp
+from workbench.hub_kernel.audit_trail import AuditTrail
 from workbench.hub_kernel.dispatcher import Dispatcher
 from workbench.hub_kernel.experiments import Experiments
 from workbench.hub_kernel.ingest import Ingestor
@@ -38,10 +55,16 @@ from workbench.hub_kernel.registry import Registry
 from workbench.hub_kernel.store import DEFAULT_URL, ResultsStore
 from workbench.hub_kernel.studies import StudyCatalog
 from workbench.transport.base import Broker, Subscription
+from workbench.trust.audit import AuditLog
+from workbench.trust.keys import TrustStore, load_private_key
+from workbench.trust.wire import WireSigner
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8750
+
+
+_OPTIONAL_PATHS = ("signing_key", "spoke_keys", "audit_log")
 
 
 def default_studies_dir() -> Path:
@@ -64,6 +87,10 @@ class HubConfig:
     batch_size: int = 200
     max_delay_s: float = 0.02
     redispatch_s: float = 30.0
+    signing_key: Path | None = None
+    spoke_keys: Path | None = None
+    audit_log: Path | None = None
+    insecure_unsigned: bool = False
 
     @classmethod
     def from_file(cls, path: Path) -> HubConfig:
@@ -90,15 +117,49 @@ class HubConfig:
                 values[key] = (values[key],)
             if key in values:
                 values[key] = tuple(str(v) for v in values[key])
-        if "studies" in values:
-            values["studies"] = base / str(values["studies"])
+        for key in ("studies", *_OPTIONAL_PATHS):
+            if values.get(key) is not None:
+                values[key] = base / str(values[key])
         try:
             config = cls(**values)
         except TypeError as e:
             raise ConfigError(f"invalid hub settings: {e}") from e
         if not 0 <= config.port <= 65535 or config.prefetch < 1 or config.batch_size < 1:
             raise ConfigError("port must be 0-65535, prefetch and batch_size at least 1")
+        if not isinstance(config.insecure_unsigned, bool):
+            raise ConfigError("insecure_unsigned must be true or false")
         return config
+
+    def audit_path(self) -> Path:
+        """``audit_log``, or by default ``<db>.audit.jsonl`` beside a SQLite file database.
+
+        Raises:
+            ConfigError: no ``audit_log`` and the database is not a SQLite file.
+        """
+        if self.audit_log is not None:
+            return self.audit_log
+        try:
+            url = make_url(self.db)
+        except ArgumentError as e:
+            raise ConfigError(f"not a database URL: {self.db!r}") from e
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return Path(str(url.database)).expanduser().with_suffix(".audit.jsonl")
+        raise ConfigError("set audit_log: the hub's audit log goes beside a SQLite file only")
+
+    def check_trust(self) -> None:
+        """Refuse a hub that would neither sign orders nor verify spokes, unless told to.
+
+        Raises:
+            ConfigError: ``signing_key`` or ``spoke_keys`` missing without
+                ``insecure_unsigned = true``.
+        """
+        missing = [k for k in ("signing_key", "spoke_keys") if getattr(self, k) is None]
+        if missing and not self.insecure_unsigned:
+            raise ConfigError(
+                f"the hub has no {' and no '.join(missing)}: it must sign its orders and "
+                "verify every spoke message. Give them (workbench keys new), or set "
+                "insecure_unsigned = true (tests and local experiments only)"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as plain values (for logs)."""
@@ -106,7 +167,24 @@ class HubConfig:
 
 
 class Hub:
-    """The hub process's parts; ``start()`` serves, ``stop()`` settles and shuts down."""
+    """The hub process's parts; ``start()`` serves, ``stop()`` settles and shuts down.
+
+    Args:
+        store, broker, studies: the results store, a broker connection, the study folder.
+        host, port: where the API listens (port 0 picks a free one).
+        allowed_spokes: spokes known before their first heartbeat (the spokes named in
+            ``trust`` are allow-listed too).
+        prefetch, batch_size, max_delay_s, redispatch_s: ingestion and resend tuning.
+        signer: the hub's key, signing every order and cancel.
+        trust: the spokes' public keys, each named after its spoke: every inbox message must
+            verify as signed by the spoke it names.
+        audit: the hub's audit log (one writer: this hub).
+        insecure_unsigned: allow ``signer`` or ``trust`` to be ``None`` (tests only).
+        owns_broker, owns_store, owns_audit: close these on ``stop()``.
+
+    Raises:
+        ConfigError: ``signer`` or ``trust`` missing without ``insecure_unsigned``.
+    """
 
     def __init__(
         self,
@@ -122,14 +200,32 @@ class Hub:
         redispatch_s: float = 30.0,
         owns_broker: bool = False,
         owns_store: bool = False,
+        *,
+        signer: WireSigner | None = None,
+        trust: TrustStore | None = None,
+        audit: AuditLog | None = None,
+        insecure_unsigned: bool = False,
+        owns_audit: bool = False,
     ) -> None:
+        if (signer is None or trust is None) and not insecure_unsigned:
+            raise ConfigError(
+                "a hub signs its orders and verifies every spoke message: give it a signer "
+                "and the spokes' trust store, or insecure_unsigned=True (tests only)"
+            )
         self.store = store
         self.broker = broker
         self.studies = studies
+        self.signer = signer
+        self.trust = trust
+        self.audit = AuditTrail(audit)
         self.registry = Registry(store)
-        self.dispatcher = Dispatcher(broker, store)
-        self.experiments = Experiments(store, self.registry, studies, self.dispatcher)
-        self.ingestor = Ingestor(store, batch_size=batch_size, max_delay_s=max_delay_s)
+        self.dispatcher = Dispatcher(broker, store, signer, self.audit)
+        self.experiments = Experiments(
+            store, self.registry, studies, self.dispatcher, audit=self.audit
+        )
+        self.ingestor = Ingestor(
+            store, batch_size=batch_size, max_delay_s=max_delay_s, trust=trust, audit=self.audit
+        )
         self.app = HubApp(store, self.registry, studies, self.experiments, self._health)
         self._host, self._port = host, port
         self._allowed = tuple(allowed_spokes)
@@ -137,6 +233,7 @@ class Hub:
         self._redispatch_s = redispatch_s
         self._owns_broker = owns_broker
         self._owns_store = owns_store
+        self._owns_audit = owns_audit
         self._server: ApiServer | None = None
         self._subscription: Subscription | None = None
         self._stop = threading.Event()
@@ -151,18 +248,33 @@ class Hub:
         """
         if isinstance(config, Path):
             config = HubConfig.from_file(config)
+        config.check_trust()
+        signer = WireSigner(load_private_key(config.signing_key)) if config.signing_key else None
+        trust = TrustStore.from_paths([config.spoke_keys]) if config.spoke_keys else None
+        audit_path = config.audit_path()
+        if broker is None and not config.broker:
+            raise ConfigError("give the hub a broker URL")
+        audit = AuditLog(audit_path)
+        try:
+            store = ResultsStore.open(config.db, enrol_on_heartbeat=config.enrol_on_heartbeat)
+        except BaseException:
+            audit.close()
+            raise
         owned_broker = broker is None
-        if broker is None:
-            if not config.broker:
-                raise ConfigError("give the hub a broker URL")
-            broker = connect_broker(config.broker)
-        store = ResultsStore.open(config.db, enrol_on_heartbeat=config.enrol_on_heartbeat)
-        hub = cls(
+        try:
+            if broker is None:
+                broker = connect_broker(config.broker)
+        except BaseException:
+            store.close()
+            audit.close()
+            raise
+        return cls(
             store, broker, StudyCatalog(config.studies), config.host, config.port,
             config.allowed_spokes, config.prefetch, config.batch_size, config.max_delay_s,
-            config.redispatch_s, owns_broker=owned_broker, owns_store=True,
+            config.redispatch_s, owns_broker=owned_broker, owns_store=True, signer=signer,
+            trust=trust, audit=audit, insecure_unsigned=config.insecure_unsigned,
+            owns_audit=True,
         )  # fmt: skip
-        return hub
 
     @property
     def url(self) -> str:
@@ -173,7 +285,8 @@ class Hub:
 
     def start(self) -> Hub:
         """Allow-list the configured spokes, resend pending orders, consume the inbox, serve."""
-        self.store.allow_spokes(self._allowed)
+        self.store.allow_spokes(self.allowed_spokes())
+        self.audit.record("hub.started", self._trust_facts())
         self._server = ApiServer(self.app, self._host, self._port)
         self.ingestor.start()
         self._subscription = self.broker.subscribe(
@@ -204,7 +317,30 @@ class Hub:
             self.broker.close()
         if self._owns_store:
             self.store.close()
+        self.audit.record("hub.stopped", {})
+        if self._owns_audit and self.audit.log is not None:
+            self.audit.log.close()
         log.info("hub stopped")
+
+    def allowed_spokes(self) -> tuple[str, ...]:
+        """The configured spokes and the spokes whose keys the hub trusts."""
+        keyed = []
+        for name in self._spoke_keys():
+            try:
+                orders_queue(name)
+            except ValueError:
+                log.warning("a trusted spoke key is named %r, which is not a spoke id", name)
+                continue
+            keyed.append(name)
+        return tuple(dict.fromkeys((*self._allowed, *keyed)))
+
+    def _spoke_keys(self) -> dict[str, list[str]]:
+        """The trusted key ids by spoke (several while a spoke's key is rotated)."""
+        keys: dict[str, list[str]] = {}
+        if self.trust is not None:
+            for kid in self.trust:
+                keys.setdefault(self.trust.name_of(kid) or kid, []).append(kid)
+        return keys
 
     def __enter__(self) -> Hub:
         return self.start()
@@ -226,13 +362,29 @@ class Hub:
             if self._stop.wait(self._redispatch_s):
                 return
 
+    def _trust_facts(self) -> dict[str, Any]:
+        return {
+            "signing_required": self.trust is not None,
+            "hub_key_id": None if self.signer is None else self.signer.key_id,
+            "spoke_keys": self._spoke_keys(),
+        }
+
     def _health(self) -> dict[str, Any]:
         stats = self.ingestor.stats
+        head = self.audit.head()
+        path = self.audit.path
         return {
             "ingest": {
                 "pending": self.ingestor.pending(), "accepted": stats.accepted,
-                "rejected": stats.rejected, "batches": stats.batches, "failures": stats.failures,
-            }
+                "rejected": stats.rejected, "replayed": stats.replayed, "batches": stats.batches,
+                "failures": stats.failures,
+            },
+            "trust": self._trust_facts(),
+            "audit": {
+                "path": None if path is None else str(path),
+                "head": None if head is None else str(head),
+                "failures": self.audit.failures,
+            },
         }  # fmt: skip
 
 

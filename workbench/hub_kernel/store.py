@@ -112,6 +112,9 @@ class ResultsStore(Database):
                 series=r["manifest_series"],
                 instances=r["manifest_instances"],
                 manifest_at=r["manifest_at"],
+                audit_head=r["audit_head"],
+                audit_head_at=r["audit_head_at"],
+                last_key_id=r["last_key_id"],
             )
             for r in rows
         ]
@@ -120,6 +123,9 @@ class ResultsStore(Database):
 
     def add_algorithm(self, spec: AlgorithmSpec) -> tuple[Algorithm, bool]:
         """Register ``spec``; returns the record and whether it is new.
+
+        The same name, version and digest registered again with an image signature sets
+        that signature (a re-signed image); without one, it leaves the stored one.
 
         Raises:
             ConflictError: the name and version are registered with another digest.
@@ -142,6 +148,16 @@ class ResultsStore(Database):
                 f"not {spec.digest}: give the new image a new version",
                 code="algorithm_conflict",
             )
+        if spec.signature is not None and spec.signature != found.signature:
+            a = t.algorithms.c
+            with self._begin() as conn:
+                conn.execute(
+                    update(t.algorithms)
+                    .where(a.name == spec.name, a.version == spec.version)
+                    .values(signature=spec.signature)
+                )
+            log.info("image signature of %s:%s replaced", spec.name, spec.version)
+            found = found.model_copy(update={"signature": spec.signature})
         return found, False
 
     def algorithms(self, name: str | None = None, version: str | None = None) -> list[Algorithm]:
@@ -308,10 +324,10 @@ class ResultsStore(Database):
                 .where(c.experiment_id == experiment_id)
                 .group_by(c.spoke_id, c.state, c.error_code)
             ).all()
-            results: dict[str, int] = {
-                spoke_id: n
-                for spoke_id, n in conn.execute(
-                    select(r.spoke_id, func.count())
+            results: dict[str, tuple[int, int]] = {
+                spoke_id: (n, verified)
+                for spoke_id, n, verified in conn.execute(
+                    select(r.spoke_id, func.count(), func.count(r.signer_key_id))
                     .where(r.experiment_id == experiment_id)
                     .group_by(r.spoke_id)
                 )
@@ -331,7 +347,8 @@ class ResultsStore(Database):
                     spoke_id=spoke_id, order_sent=sent_at is not None,
                     accepted=accepted_at is not None, participants=participants,
                     expected=cases if accepted_at is not None else reported,
-                    results=results.get(spoke_id, 0), **entry,
+                    results=results.get(spoke_id, (0, 0))[0],
+                    results_verified=results.get(spoke_id, (0, 0))[1], **entry,
                 )
             )  # fmt: skip
         return out
@@ -392,13 +409,28 @@ class ResultsStore(Database):
                 conn, items, self.known_spokes, self.experiment_facts, self.enrol_on_heartbeat
             )
 
-    def rejections(self, limit: int = 100) -> list[Rejection]:
-        """The latest rejected messages, newest first."""
+    def rejections(
+        self, limit: int = 100, experiment_id: str | None = None, code: str | None = None
+    ) -> list[Rejection]:
+        """The latest rejected messages (of one experiment, with one code), newest first."""
         j = t.rejections.c
+        query = select(t.rejections).order_by(j.id.desc()).limit(limit)
+        if experiment_id is not None:
+            query = query.where(j.experiment_id == experiment_id)
+        if code is not None:
+            query = query.where(j.code == code)
         with self._read() as conn:
-            rows = (
-                conn.execute(select(t.rejections).order_by(j.id.desc()).limit(limit))
-                .mappings()
-                .all()
-            )
+            rows = conn.execute(query).mappings().all()
         return [Rejection(**dict(r)) for r in rows]
+
+    def rejection_counts(self, experiment_id: str) -> dict[str, int]:
+        """How many messages of one experiment were refused, by reason code."""
+        j = t.rejections.c
+        query = (
+            select(j.code, func.count())
+            .where(j.experiment_id == experiment_id)
+            .group_by(j.code)
+            .order_by(j.code)
+        )
+        with self._read() as conn:
+            return {str(code or "unclassified"): int(n) for code, n in conn.execute(query)}

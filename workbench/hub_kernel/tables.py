@@ -6,8 +6,10 @@
                       | queued | running | participants (heartbeat)
                       | manifest_participants | manifest_series | manifest_instances
                       | acquisition | manifest_at (participant.manifest)
+                      | audit_seq | audit_head | audit_head_at | last_key_id (the latest
+                      audit-chain head a result carried, and the key that signed it)
     algorithms        id | name | version | image | digest | description | output_schema
-                      | args_schema | registered_at              UNIQUE (name, version)
+                      | args_schema | signature | registered_at  UNIQUE (name, version)
     experiments       id | study | manifest | manifest_hash | state | created_at | cancelled_at
     experiment_spokes experiment_id | spoke_id | order_message_id | order_sent_at
                       | cancel_sent_at | accepted_at | participants | cases
@@ -18,10 +20,13 @@
                       PK (experiment_id, spoke_id, participant_id, algorithm): latest state
     results           id | experiment_id | spoke_id | participant_id | algorithm | attempt
                       | output | reference | output_sha256 | image_digest | manifest_hash
-                      | seconds | message_id | received_at
+                      | seconds | message_id | signer_key_id | audit_head | received_at
                       UNIQUE (experiment_id, spoke_id, participant_id, algorithm, attempt)
-    rejections        id | message_id | spoke_id | message_type | reason | body_sha256
-                      | body_bytes | received_at
+    rejections        id | message_id | spoke_id | message_type | experiment_id | code
+                      | reason | key_id | body_sha256 | body_bytes | received_at
+
+Columns added after a table was first created are nullable, so ``database.py`` can add them
+to an existing database (``ALTER TABLE ... ADD COLUMN``) when it opens it.
 
 Times are stored as naive UTC and read back as aware UTC (``UtcDateTime``), so that SQLite
 (which has no time zones) and PostgreSQL behave the same.
@@ -34,6 +39,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -54,6 +60,8 @@ SPOKE = 63
 NAME = 128
 HASH = 64
 DIGEST = 71
+KEY_ID = 16
+HEAD = 90  # an audit-chain head, "SEQ:HASH"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -99,6 +107,10 @@ spokes = Table(
     Column("manifest_instances", Integer),
     Column("acquisition", JSON),
     Column("manifest_at", UtcDateTime),
+    Column("audit_seq", BigInteger),
+    Column("audit_head", String(HEAD)),
+    Column("audit_head_at", UtcDateTime),
+    Column("last_key_id", String(KEY_ID)),
 )
 
 algorithms = Table(
@@ -112,6 +124,7 @@ algorithms = Table(
     Column("description", Text, nullable=False, default=""),
     Column("output_schema", JSON, nullable=False),
     Column("args_schema", JSON),
+    Column("signature", JSON),
     Column("registered_at", UtcDateTime, nullable=False),
     UniqueConstraint("name", "version", name="algorithms_name_version"),
 )
@@ -173,7 +186,11 @@ results = Table(
     Column("manifest_hash", String(HASH), nullable=False),
     Column("seconds", Float, nullable=False),
     Column("message_id", String(64), nullable=False),
+    Column("signer_key_id", String(KEY_ID)),
+    Column("audit_head", String(HEAD)),
     Column("received_at", UtcDateTime, nullable=False),
+    # Replay detection looks results up by message id, one batch at a time.
+    Index("results_message_id", "message_id"),
     UniqueConstraint(
         "experiment_id",
         "spoke_id",
@@ -191,8 +208,12 @@ rejections = Table(
     Column("message_id", String(200), nullable=False),
     Column("spoke_id", String(SPOKE)),
     Column("message_type", String(40)),
+    Column("experiment_id", String(NAME)),
+    Column("code", String(40)),
     Column("reason", String(300), nullable=False),
+    Column("key_id", String(KEY_ID)),
     Column("body_sha256", String(HASH), nullable=False),
     Column("body_bytes", Integer, nullable=False),
     Column("received_at", UtcDateTime, nullable=False),
+    Index("rejections_by_experiment", "experiment_id", "code"),
 )
