@@ -24,6 +24,8 @@ from workbench.core.contract import LABEL_ARGS_SCHEMA, LABEL_OUTPUT_SCHEMA
 from workbench.errors import WorkbenchError
 from workbench.images.distribution import ManagedRegistry, free_port, push
 from workbench.transport.activemq import ManagedBroker
+from workbench.transport.activemq_security import BrokerUser, TlsSettings
+from workbench.transport.stomp_connection import ClientTls
 from workbench.trust.image_signature import sign_image
 from workbench.trust.keys import (
     PRIVATE_FILE,
@@ -33,6 +35,7 @@ from workbench.trust.keys import (
     load_public_key,
     new_key_pair,
 )
+from workbench.trust.pki import identity, init_ca, issue, java_dn, load_certificate
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,9 @@ class LocalFederation:
         self.sites = sites
         self.studies = studies
         self.keys = self.root / "keys"
-        self.broker = ManagedBroker.from_env(self.root / "broker")
+        self.pki = self.root / "pki"
+        self._make_pki()
+        self.broker = ManagedBroker.from_env(self.root / "broker", tls=self._broker_tls())
         self.registry = ManagedRegistry(self.root / "registry")
         self.hub_port = free_port()
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -119,6 +124,7 @@ class LocalFederation:
             "signing_key": str(self.keys / "hub" / PRIVATE_FILE),
             "spoke_keys": str(self.keys / "spokes-public"),
             "audit_log": str(self.audit_log("hub")),
+            "broker_tls": self._client_tls("hub"),
         }
         if self.studies is not None:
             config["studies"] = str(self.studies)
@@ -144,6 +150,8 @@ class LocalFederation:
         if site.reference_csv is not None:
             lines.append(f'reference_csv = "{site.reference_csv.absolute()}"')
         signers = ", ".join(f'"{k}"' for k in self._spoke_signers())
+        tls = self._client_tls(spoke_id)
+        lines += ["", "[tls]", *(f'{k} = "{v}"' for k, v in tls.items())]
         lines += ["", "[policy]", f"signers = [{signers}]"]
         (folder / "spoke.toml").write_text("\n".join(lines) + "\n")
         self._spawn(spoke_id, ["spoke", "serve", "--config", str(folder / "spoke.toml")], folder)
@@ -153,6 +161,38 @@ class LocalFederation:
         if name == "hub":
             return self.root / "hub" / "audit.log"
         return self.spoke_dir(name) / "state" / "audit.log"
+
+    def _make_pki(self) -> None:
+        """A consortium CA and certificates for the broker, the hub and each spoke (once)."""
+        if not (self.pki / "ca").exists():
+            init_ca(self.pki / "ca")
+        for name, role in [("broker", "broker"), ("hub", "hub"),
+                           *((s.spoke_id, "spoke") for s in self.sites)]:  # fmt: skip
+            if not (self.pki / "issued" / f"{name}.crt").exists():
+                issue(self.pki / "ca", name, role, self.pki / "issued")
+
+    def _broker_tls(self) -> TlsSettings:
+        """The broker locked down: TLS with client certificates, the hub and these spokes."""
+        issued = self.pki / "issued"
+        broker, hub = identity(issued, "broker"), identity(issued, "hub")
+
+        def user(name: str) -> BrokerUser:
+            return BrokerUser(name, java_dn(load_certificate(identity(issued, name).certificate)))
+
+        return TlsSettings(
+            keystore=broker.keystore, truststore=broker.truststore,
+            password_file=broker.password_file, hub=user("hub"),
+            spokes=[user(s.spoke_id) for s in self.sites],
+            client=ClientTls(hub.certificate, hub.key, hub.ca_certificate),
+        )  # fmt: skip
+
+    def _client_tls(self, name: str) -> dict[str, str]:
+        found = identity(self.pki / "issued", name)
+        return {
+            "certificate": str(found.certificate),
+            "key": str(found.key),
+            "ca_certificate": str(found.ca_certificate),
+        }
 
     def _make_keys(self) -> None:
         """Signing keys for the hub, the algorithm publisher and each spoke, and who trusts whom.

@@ -208,7 +208,7 @@ def _serve_until_interrupted(
         return self
 
     monkeypatch.setattr(
-        "workbench.hub_kernel.service.connect_broker", lambda urls: server.connect()
+        "workbench.hub_kernel.service.connect_broker", lambda urls, tls=None: server.connect()
     )
     monkeypatch.setattr(Hub, "start", start)
     seen: dict[str, Any] = {}

@@ -55,6 +55,7 @@ from workbench.hub_kernel.registry import Registry
 from workbench.hub_kernel.store import DEFAULT_URL, ResultsStore
 from workbench.hub_kernel.studies import StudyCatalog
 from workbench.transport.base import Broker, Subscription
+from workbench.transport.stomp_connection import ClientTls
 from workbench.trust.audit import AuditLog
 from workbench.trust.keys import TrustStore, load_private_key
 from workbench.trust.wire import WireSigner
@@ -70,6 +71,9 @@ _OPTIONAL_PATHS = ("signing_key", "spoke_keys", "audit_log")
 def default_studies_dir() -> Path:
     """``studies/`` of the source checkout this package runs from."""
     return Path(__file__).resolve().parents[2] / "studies"
+
+
+_TLS_KEYS = ("certificate", "key", "ca_certificate")
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class HubConfig:
     spoke_keys: Path | None = None
     audit_log: Path | None = None
     insecure_unsigned: bool = False
+    # Mutual TLS to the broker: {"certificate": ..., "key": ..., "ca_certificate": ...}.
+    broker_tls: dict[str, str] | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> HubConfig:
@@ -128,7 +134,15 @@ class HubConfig:
             raise ConfigError("port must be 0-65535, prefetch and batch_size at least 1")
         if not isinstance(config.insecure_unsigned, bool):
             raise ConfigError("insecure_unsigned must be true or false")
+        if config.broker_tls is not None and set(config.broker_tls) != set(_TLS_KEYS):
+            raise ConfigError(f"broker_tls needs exactly {', '.join(_TLS_KEYS)}")
         return config
+
+    def client_tls(self) -> ClientTls | None:
+        """The hub's TLS identity for the broker, if configured."""
+        if self.broker_tls is None:
+            return None
+        return ClientTls(*(Path(self.broker_tls[k]) for k in _TLS_KEYS))
 
     def audit_path(self) -> Path:
         """``audit_log``, or by default ``<db>.audit.jsonl`` beside a SQLite file database.
@@ -263,7 +277,7 @@ class Hub:
         owned_broker = broker is None
         try:
             if broker is None:
-                broker = connect_broker(config.broker)
+                broker = connect_broker(config.broker, config.client_tls())
         except BaseException:
             store.close()
             audit.close()
@@ -388,7 +402,7 @@ class Hub:
         }  # fmt: skip
 
 
-def connect_broker(urls: Sequence[str]) -> Broker:
+def connect_broker(urls: Sequence[str], tls: ClientTls | None = None) -> Broker:
     """A connected ``Broker`` for the configured URLs (``workbench.transport.factory``).
 
     Raises:
@@ -397,4 +411,4 @@ def connect_broker(urls: Sequence[str]) -> Broker:
     """
     from workbench.transport.factory import connect
 
-    return connect(list(urls))
+    return connect(list(urls), tls=tls)
