@@ -36,6 +36,7 @@ def test_every_case_comes_back_through_the_real_broker(demo: Path) -> None:
     assert summary["spokes"] == ["site-01", "site-02"]
     assert summary["cases_total"] == 2 * 4 * 3  # sites x participants x algorithms
     assert summary["results_received"] == summary["cases_total"]
+    assert summary["results_verified"] == summary["cases_total"]  # every signature checked
     for name in ("nodule-volume", "naive-baseline"):
         low, high = summary["metrics"][name]["auc_ci"]
         assert 0 <= low <= summary["metrics"][name]["auc"] <= high <= 1
@@ -70,3 +71,17 @@ def test_the_report_is_written(demo: Path) -> None:
     summary = json.loads((demo / "summary.json").read_text())
     assert summary["experiment_id"] in html
     assert html.count("<img") >= 3
+
+
+def test_every_connection_is_mutual_tls_and_every_audit_log_verifies(demo: Path) -> None:
+    from workbench.trust.audit import verify
+
+    summary = json.loads((demo / "summary.json").read_text())
+    config = Path(summary["broker"]["config"]).read_text()
+    assert "stomp+ssl://127.0.0.1:" in config and "needClientAuth=true" in config
+    assert "stomp://" not in config.replace("stomp+ssl://", "")  # no plain connector
+    assert set(summary["audit_logs"]) == {"hub", "site-01", "site-02"}
+    for path in summary["audit_logs"].values():
+        assert verify(Path(path)).ok
+    spoke_log = Path(summary["audit_logs"]["site-01"]).read_text()
+    assert spoke_log.count('"event":"result.released"') == 4 * 3
