@@ -501,20 +501,10 @@ def _disconnect_everyone(url: str, timeout: float = 10.0) -> None:
 
 # -- defects found on one backend ------------------------------------------------------------
 
-LONE_REFUSAL = (
-    "ingest.py Ingestor._apply re-raises a lone message's permanent StoreError, so a message "
-    "PostgreSQL refuses (NUL in text) is retried forever instead of rejected"
-)
-NUL_IN_REJECTION = (
-    "effects.py _rejection stores the claimed spoke_id/type of a malformed body; PostgreSQL "
-    "refuses NUL in text, so the rejection row and the whole batch never commit"
-)
-
 
 def test_a_lone_message_the_database_refuses_is_rejected_not_retried_forever(
     world: Any, request: pytest.FixtureRequest
 ) -> None:
-    known_bug(request, "postgresql", LONE_REFUSAL)
     status = world.launch()
     settled = Settled()
     ingestor = Ingestor(world.store)
@@ -530,7 +520,6 @@ def test_a_lone_message_the_database_refuses_is_rejected_not_retried_forever(
 def test_a_malformed_message_with_a_nul_character_does_not_block_the_inbox(
     world: Any, request: pytest.FixtureRequest
 ) -> None:
-    known_bug(request, "postgresql", NUL_IN_REJECTION)
     status = world.launch()
     settled = Settled()
     ingestor = Ingestor(world.store)

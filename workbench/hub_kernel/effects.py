@@ -325,17 +325,23 @@ def _rejection(item: Inbound, code: str, reason: str) -> dict[str, Any]:
     experiment_id = _experiment_of(message) if message is not None else item.experiment_hint
     key_id = item.signer_key_id or item.key_hint
     return {
-        "message_id": item.message_id[:200],
-        "spoke_id": spoke[: t.SPOKE] if isinstance(spoke, str) else None,
-        "message_type": kind[:40] if isinstance(kind, str) else None,
-        "experiment_id": experiment_id[: t.NAME] if isinstance(experiment_id, str) else None,
+        "message_id": _text(item.message_id)[:200],
+        "spoke_id": _text(spoke)[: t.SPOKE] if isinstance(spoke, str) else None,
+        "message_type": _text(kind)[:40] if isinstance(kind, str) else None,
+        "experiment_id": _text(experiment_id)[: t.NAME] if isinstance(experiment_id, str) else None,
         "code": code,
-        "reason": reason[:300],
+        "reason": _text(reason)[:300],
         "key_id": key_id[: t.KEY_ID] if isinstance(key_id, str) else None,
         "body_sha256": item.body_sha256,
         "body_bytes": item.body_bytes,
         "received_at": item.received_at,
     }
+
+
+def _text(value: str) -> str:
+    # What a refused message claims is unchecked: PostgreSQL text refuses NUL, and one
+    # rejection row that cannot be written would block every batch behind it.
+    return value.replace("\x00", "\ufffd")
 
 
 def _experiment_of(message: Message) -> str | None:

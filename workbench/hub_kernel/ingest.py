@@ -173,8 +173,11 @@ class Ingestor:
         try:
             return self._store.apply(items)
         except StoreError as e:
-            if e.transient or len(items) == 1:
+            if e.transient:
                 raise
+            if len(items) == 1:
+                # A lone message the database refuses must be rejected, not retried forever.
+                return [self._refuse(items[0], e)]
             log.warning("a batch of %d was refused (%s); writing one by one", len(items), e)
         return [self._apply_one(item) for item in items]
 
@@ -184,11 +187,14 @@ class Ingestor:
         except StoreError as e:
             if e.transient:
                 raise
-            log.error("message %s cannot be stored: %s", item.message_id, e)
-            refused = replace(
-                item, refusal=f"store refused the message: {e}"[:300], code="store_refused"
-            )
-            return self._store.apply([refused])[0]
+            return self._refuse(item, e)
+
+    def _refuse(self, item: Inbound, error: StoreError) -> Outcome:
+        log.error("message %s cannot be stored: %s", item.message_id, error)
+        refused = replace(
+            item, refusal=f"store refused the message: {error}"[:300], code="store_refused"
+        )
+        return self._store.apply([refused])[0]
 
     def _failed(self, batch: list[tuple[Delivery, Inbound]], error: StoreError) -> None:
         self.stats.failures += 1
