@@ -5,9 +5,6 @@ of the session's throw-away PostgreSQL cluster (``tests/pg_fixtures.py``; withou
 the ``postgresql`` half skips locally and fails in CI). Messages go in the way the inbox
 writes them, through ``Ingestor`` or ``ResultsStore.apply``. Case states are read back with
 plain SQL on a separate engine, so a test does not trust the store to report on itself.
-
-Tests marked ``known_bug`` document a defect found on one backend: they are strict xfails
-there, and turn red once the defect is fixed so the mark gets removed with it.
 """
 
 from __future__ import annotations
@@ -84,12 +81,6 @@ def make_world(url: str, allowed: tuple[str, ...] = SPOKES) -> Any:
 
 def backend(url: str) -> str:
     return make_url(url).get_backend_name()
-
-
-def known_bug(request: pytest.FixtureRequest, on: str, reason: str) -> None:
-    """Expect this test to fail on backend ``on`` (strict: a fix makes it fail loudly)."""
-    if backend(request.getfixturevalue("url")) == on:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 def read(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
