@@ -6,10 +6,11 @@ plus ``misbehave-root``: the misbehave image with its default user set back to r
 from a two-line in-memory Dockerfile. Probing and tampering from that variant shows that the
 *sandbox* imposes the non-root user, not the image's own ``USER`` line.
 
-``write_ct_case`` writes one participant's chest CT series: 8 slices of 32x32 pixels at
-10 mm, with a body, two lungs (partly below -950 HU) and a small solid nodule inside the
-right lung, so the reference algorithms find everything they look for, and with realistic
-identifying headers (name, ID, dates, institution, accession number, UIDs).
+``write_ct_case`` writes one participant's chest CT series (through ``dicom_factory``):
+8 slices of 32x32 pixels at 10 mm, with a body, two lungs (partly below -950 HU) and a small
+solid nodule inside the right lung, so the reference algorithms find everything they look
+for, and with realistic identifying headers (name, ID, dates, institution, accession number,
+UIDs).
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ import io
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from dicom_factory import Identity, write_ct_series
 from services import need
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -47,7 +47,6 @@ MISBEHAVE_SCHEMA = {
     },
 }
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SLICES = 8
 SIZE = 32
 SPACING_MM = 10.0
@@ -99,20 +98,20 @@ def sandbox_images(docker_engine: Any) -> AlgoImages:
     return AlgoImages(MISBEHAVE, MISBEHAVE_ROOT, CONTRACT_ONLY)
 
 
-@dataclass(frozen=True)
-class Identity:
-    """The identifying header values of one synthetic participant."""
-
-    patient_name: str = "Moreau^Claire^Anne"
-    patient_id: str = "SYN-48213-7"
-    birth_date: str = "19580412"
-    study_date: str = "20230314"
-    study_time: str = "101512"
-    institution: str = "Clinique Saint-Aubin Lyon"
-    institution_address: str = "12 Rue des Tanneurs"
-    referring_physician: str = "Lefebvre^Julien"
-    accession: str = "ACC7734201"
-    study_id: str = "ST90421"
+# The default participant, with every identifying header filled in.
+PARTICIPANT = Identity(
+    patient_name="Moreau^Claire^Anne",
+    patient_id="SYN-48213-7",
+    birth_date="19580412",
+    study_date="20230314",
+    study_time="101512",
+    institution="Clinique Saint-Aubin Lyon",
+    institution_address="12 Rue des Tanneurs",
+    referring_physician="Lefebvre^Julien",
+    accession="ACC7734201",
+    study_id="ST90421",
+    sex="F",
+)
 
 
 @dataclass(frozen=True)
@@ -172,63 +171,17 @@ def phantom(slices: int = SLICES, size: int = SIZE) -> np.ndarray:
 
 
 def write_ct_case(folder: Path, who: Identity | None = None, slices: int = SLICES) -> CtCase:
-    """Write one participant's CT series into ``folder`` (created), one file per slice."""
-    who = who or Identity()
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write one participant's phantom CT series into ``folder`` (created), one file per slice."""
     hu = phantom(slices)
-    seed = who.patient_id
-    study_uid = generate_uid(entropy_srcs=[seed, "study"])
-    series_uid = generate_uid(entropy_srcs=[seed, "series"])
-    frame_uid = generate_uid(entropy_srcs=[seed, "frame"])
-    files = []
-    for i in range(slices):
-        sop_uid = generate_uid(entropy_srcs=[seed, "sop", str(i)])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path = folder / f"{who.patient_id}_{who.patient_name.split('^')[0]}_{i + 1:03d}.dcm"
-        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = CT_IMAGE_STORAGE
-        ds.SOPInstanceUID = sop_uid
-        ds.PatientName = who.patient_name
-        ds.PatientID = who.patient_id
-        ds.PatientBirthDate = who.birth_date
-        ds.PatientSex = "F"
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = who.study_date
-        ds.StudyTime = who.study_time
-        ds.InstitutionName = who.institution
-        ds.InstitutionAddress = who.institution_address
-        ds.ReferringPhysicianName = who.referring_physician
-        ds.AccessionNumber = who.accession
-        ds.StudyID = who.study_id
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.SeriesNumber = 2
-        ds.InstanceNumber = i + 1
-        ds.Modality = "CT"
-        ds.Manufacturer = "SYNTHETIC"
-        ds.ManufacturerModelName = "Phantom 32"
-        ds.ConvolutionKernel = "B30f"
-        ds.BodyPartExamined = "CHEST"
-        ds.SliceThickness = SPACING_MM
-        ds.KVP = 120
-        ds.PixelSpacing = [SPACING_MM, SPACING_MM]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-160.0, -160.0, -70.0 + SPACING_MM * i]
-        ds.SliceLocation = -70.0 + SPACING_MM * i
-        ds.Rows = ds.Columns = hu.shape[1]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept = -1024
-        ds.RescaleSlope = 1
-        ds.PixelData = (hu[i] + 1024).astype("<u2").tobytes()
-        ds.save_as(path, enforce_file_format=True)
-        files.append(path)
+    files = write_ct_series(
+        folder,
+        who or PARTICIPANT,
+        series_number=2,
+        hu=hu,
+        pixel_spacing_mm=SPACING_MM,
+        slice_step_mm=SPACING_MM,
+        origin_mm=(-160.0, -160.0, -70.0),
+    )
     return CtCase(folder, tuple(files), hu)
 
 
@@ -240,10 +193,10 @@ def ct_case(tmp_path: Path) -> CtCase:
 
 @pytest.fixture
 def make_ct_case() -> Callable[..., CtCase]:
-    """Writes a case into a given folder; keywords override ``Identity``'s fields."""
+    """Writes a case into a given folder; keywords override ``PARTICIPANT``'s fields."""
 
     def make(folder: Path, **identity: str) -> CtCase:
-        return write_ct_case(folder, Identity(**identity))
+        return write_ct_case(folder, replace(PARTICIPANT, **identity))
 
     return make
 

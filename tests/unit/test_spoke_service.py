@@ -133,13 +133,34 @@ def run_spoke(site: Path, server: InMemoryBroker, engine: FakeEngine, *orders: b
     return spoke
 
 
-def test_an_order_runs_every_matching_case_and_reports_results(site: Path) -> None:
-    server = InMemoryBroker()
-    spoke = run_spoke(site, server, FakeEngine(write_score), order())
+def both_cases_finished(seen: list[m.Message]) -> bool:
+    return finished(seen) >= 2
+
+
+def run_until(
+    site: Path,
+    server: InMemoryBroker,
+    engine: FakeEngine,
+    *orders: bytes,
+    enough: Callable[[list[m.Message]], bool] = both_cases_finished,
+    linger_s: float = 0.0,
+) -> list[m.Message]:
+    """Start a spoke, send ``orders``, collect the hub inbox until ``enough``, stop the spoke.
+
+    ``linger_s`` keeps the spoke running that much longer, for a wrong extra message to show.
+    """
+    spoke = run_spoke(site, server, engine, *orders)
     try:
-        messages = until(server, lambda seen: finished(seen) >= 2)
+        messages = until(server, enough)
+        time.sleep(linger_s)
+        return messages
     finally:
         spoke.stop()
+
+
+def test_an_order_runs_every_matching_case_and_reports_results(site: Path) -> None:
+    server = InMemoryBroker()
+    messages = run_until(site, server, FakeEngine(write_score), order())
     accepted = [x for x in messages if isinstance(x, m.ExperimentAccepted)]
     results = [x for x in messages if isinstance(x, m.CaseResult)]
     assert [(a.participants, a.cases) for a in accepted] == [(2, 2)]  # MRN-1003 has 1 time point
@@ -154,11 +175,7 @@ def test_an_order_runs_every_matching_case_and_reports_results(site: Path) -> No
 
 def test_nothing_identifying_leaves_the_spoke(site: Path) -> None:
     server = InMemoryBroker()
-    spoke = run_spoke(site, server, FakeEngine(write_score), order())
-    try:
-        messages = until(server, lambda seen: finished(seen) >= 2)
-    finally:
-        spoke.stop()
+    messages = run_until(site, server, FakeEngine(write_score), order())
     sent = b"".join(m.encode(x) for x in messages + inbox(server)).decode()
     for person in [*PEOPLE, ONE_TIMEPOINT]:
         for value in [person.patient_id, "Moreau", "Claire", "Okafor", person.accession,
@@ -168,12 +185,8 @@ def test_nothing_identifying_leaves_the_spoke(site: Path) -> None:
 
 def test_a_redelivered_order_plans_nothing_twice(site: Path) -> None:
     server = InMemoryBroker()
-    spoke = run_spoke(site, server, FakeEngine(write_score), order(), order())
-    try:
-        messages = until(server, lambda seen: finished(seen) >= 2)
-        time.sleep(0.3)  # give a wrongly re-planned second round the chance to show itself
-    finally:
-        spoke.stop()
+    # linger_s: give a wrongly re-planned second round the chance to show itself.
+    messages = run_until(site, server, FakeEngine(write_score), order(), order(), linger_s=0.3)
     results = [x for x in messages + inbox(server) if isinstance(x, m.CaseResult)]
     assert len(results) == 2
 
@@ -183,11 +196,7 @@ def test_bad_orders_go_to_the_dead_letter_queue_and_work_continues(site: Path) -
     tampered = json.loads(order())
     tampered["manifest"]["timeout_s"] = 5.0  # the hash no longer matches
     bad = [b"{not json", order(spoke_id="site-02"), json.dumps(tampered).encode()]
-    spoke = run_spoke(site, server, FakeEngine(write_score), *bad, order())
-    try:
-        messages = until(server, lambda seen: finished(seen) >= 2)
-    finally:
-        spoke.stop()
+    messages = run_until(site, server, FakeEngine(write_score), *bad, order())
     assert server.depth(DEAD_LETTER_QUEUE) == 3
     assert len([x for x in messages if isinstance(x, m.CaseResult)]) == 2
 
@@ -197,11 +206,7 @@ def test_failures_travel_as_codes_without_logs(site: Path) -> None:
         (out / "output.json").write_text("Traceback: secret path /data/MRN-1001")
 
     server = InMemoryBroker()
-    spoke = run_spoke(site, server, FakeEngine(crash), order())
-    try:
-        messages = until(server, lambda seen: finished(seen) >= 2)
-    finally:
-        spoke.stop()
+    messages = run_until(site, server, FakeEngine(crash), order())
     failed = [x for x in messages if isinstance(x, m.CaseStatus) and x.state == "failed"]
     assert len(failed) == 2
     assert {f.error.code.value for f in failed if f.error} == {"OUTPUT_INVALID_JSON"}
@@ -210,11 +215,13 @@ def test_failures_travel_as_codes_without_logs(site: Path) -> None:
 
 def test_no_matching_case_is_reported_as_zero_cases(site: Path) -> None:
     server = InMemoryBroker()
-    spoke = run_spoke(site, server, FakeEngine(write_score), order(cohort={"min_timepoints": 5}))
-    try:
-        messages = until(server, lambda seen: any(x.type == "experiment.accepted" for x in seen))
-    finally:
-        spoke.stop()
+    messages = run_until(
+        site,
+        server,
+        FakeEngine(write_score),
+        order(cohort={"min_timepoints": 5}),
+        enough=lambda seen: any(x.type == "experiment.accepted" for x in seen),
+    )
     accepted = [x for x in messages if isinstance(x, m.ExperimentAccepted)]
     assert [(a.participants, a.cases) for a in accepted] == [(0, 0)]
 
@@ -259,11 +266,7 @@ def test_an_image_absent_locally_is_pulled_by_digest_and_checked(site: Path) -> 
     server = InMemoryBroker()
     engine = FakeEngine(write_score, local=set())
     ref = "127.0.0.1:5000/elic/score@sha256:" + "cd" * 32
-    spoke = run_spoke(site, server, engine, order(algorithms=(algorithm_ref(ref),)))
-    try:
-        messages = until(server, lambda seen: finished(seen) >= 2)
-    finally:
-        spoke.stop()
+    messages = run_until(site, server, engine, order(algorithms=(algorithm_ref(ref),)))
     assert engine.pulled == [ref]
     assert len([x for x in messages if isinstance(x, m.CaseResult)]) == 2
 
@@ -272,11 +275,7 @@ def test_a_swapped_image_fails_every_case_before_running(site: Path) -> None:
     server = InMemoryBroker()
     engine = FakeEngine(write_score)
     swapped = algorithm_ref(digest="sha256:" + "0" * 64)  # signed, but not what is local
-    spoke = run_spoke(site, server, engine, order(algorithms=(swapped,)))
-    try:
-        messages = until(server, lambda seen: finished(seen) >= 2)
-    finally:
-        spoke.stop()
+    messages = run_until(site, server, engine, order(algorithms=(swapped,)))
     failed = [x for x in messages if isinstance(x, m.CaseStatus) and x.state == "failed"]
     assert [f.error.code.value for f in failed if f.error] == ["IMAGE_NOT_FOUND"] * 2
     assert engine.specs == []
@@ -294,12 +293,7 @@ def test_cases_interrupted_by_a_crash_run_again_on_restart(site: Path) -> None:
     first.audit.close()  # the dead process's lock on its audit log goes with it
     (site / "state" / "work" / "leftover" / "output").mkdir(parents=True)  # a crashed run's
     engine = FakeEngine(write_score)
-    spoke = Spoke(config(site), server.connect(), engine)
-    spoke.start()
-    try:
-        messages = until(server, lambda seen: finished(seen) >= 2)
-    finally:
-        spoke.stop()
+    messages = run_until(site, server, engine)  # no new order: the restart finds the old one
     results = [x for x in messages if isinstance(x, m.CaseResult)]
     assert len(results) == 2
     assert {r.attempt for r in results} == {1}
@@ -312,11 +306,7 @@ def test_an_output_naming_the_patient_never_leaves(site: Path) -> None:
         (out / "output.json").write_text('{"score": 0.5, "note": "nodule of MOREAU"}')
 
     server = InMemoryBroker()
-    spoke = run_spoke(site, server, FakeEngine(leak), order())
-    try:
-        messages = until(server, lambda seen: finished(seen) >= 2)
-    finally:
-        spoke.stop()
+    messages = run_until(site, server, FakeEngine(leak), order())
     failed = [x for x in messages if isinstance(x, m.CaseStatus) and x.state == "failed"]
     codes = [f.error.code.value for f in failed if f.error]
     results = [x for x in messages if isinstance(x, m.CaseResult)]
@@ -387,13 +377,9 @@ def test_an_unsigned_image_never_runs(site: Path) -> None:
         update={"signature": sign_image("elic/score:1", IMAGE_ID, STRANGER_KEY)}
     )
     for algorithm in (unsigned, forged):
-        spoke = run_spoke(
+        messages = run_until(
             site, server, engine, order(algorithms=(algorithm,), experiment_id=f"e-{id(algorithm)}")
         )
-        try:
-            messages = until(server, lambda seen: finished(seen) >= 2)
-        finally:
-            spoke.stop()
         codes = [x.error.code.value for x in messages if isinstance(x, m.CaseStatus) and x.error]
         assert codes == ["IMAGE_UNTRUSTED"] * 2
     assert engine.specs == []

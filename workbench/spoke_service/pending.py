@@ -27,8 +27,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +36,7 @@ from typing import Any, Literal
 from workbench.core import messages as m
 from workbench.core.run_errors import Error, RunErrorCode
 from workbench.errors import WorkbenchError
+from workbench.spoke_service.sqlite_tx import immediate
 
 log = logging.getLogger(__name__)
 
@@ -153,16 +154,8 @@ class PendingStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db, self._lock)
 
     def hold(self, case: CaseKey, message_bytes: bytes, summary: str) -> int:
         """Keep a result for review; returns its id.
@@ -350,8 +343,7 @@ def _into_outbox(
         db.execute("PRAGMA synchronous=FULL")
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox'").fetchone() is None:
             raise PendingError(f"{path} has no outbox: is it a spoke's state database?")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(db):
             fresh = [body for body in bodies if not _queued(db, body)]
             if len(fresh) < len(bodies):
                 log.info(
@@ -370,10 +362,6 @@ def _into_outbox(
                     (case_state, error_code, now, case.experiment_id, case.participant_id,
                      case.algorithm, case.attempt, HELD_STATE),
                 )  # fmt: skip
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         return bool(fresh)
     except sqlite3.Error as e:
         raise PendingError(f"cannot queue the message in {path}: {e}") from e
