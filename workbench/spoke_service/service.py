@@ -184,10 +184,12 @@ class Spoke:
             self.state.store_order(
                 message.manifest.experiment_id, message.manifest_hash, delivery.body
             )
+            # Not waited for on disk: the order itself is already durable in the state
+            # database, and the case's result entry (durable) follows in the same chain.
             self.audit.append("order.received", {
                 "experiment_id": message.manifest.experiment_id, "message_id": message.id,
                 "manifest_hash": message.manifest_hash, "signer": key,
-            })  # fmt: skip
+            }, durable=False)  # fmt: skip
             self._plan(message)
         elif isinstance(message, m.ExperimentCancel):
             self.audit.append("order.cancel", {"experiment_id": message.experiment_id})
