@@ -227,8 +227,7 @@ class _Raw:
 def _check_complete(raw: _Raw, ds: Any, remaining: int, rows: int, columns: int) -> None:
     # Headers alone cannot show a file cut short inside its pixel data; the bytes left after
     # them can, for uncompressed transfer syntaxes, since every pixel must be there.
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or syntax.is_compressed:
+    if _transfer_syntax(ds) not in _UNCOMPRESSED:
         return
     bits = raw.us("BitsAllocated") or 16
     samples = raw.us("SamplesPerPixel") or 1
@@ -236,6 +235,23 @@ def _check_complete(raw: _Raw, ds: Any, remaining: int, rows: int, columns: int)
     needed = rows * columns * samples * frames * bits // 8 + _PIXEL_ELEMENT_HEADER
     if remaining < needed:
         raise _Reject("truncated", f"{remaining} bytes of pixel data on disk, {needed} needed")
+
+
+# Native (uncompressed) transfer syntaxes: implicit and explicit little, explicit big endian.
+_UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+_TRANSFER_SYNTAX_TAG = 0x00020010
+
+
+def _transfer_syntax(ds: Any) -> str:
+    # Read raw, like the other values: pydicom's attribute access would convert it first.
+    meta = getattr(ds, "file_meta", None)
+    element = getattr(meta, "_dict", {}).get(_TRANSFER_SYNTAX_TAG)
+    if element is None:
+        return ""
+    value = element.value if isinstance(element, RawDataElement) else str(element.value)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value).strip(" \x00")
 
 
 def _short(e: BaseException) -> str:
