@@ -39,6 +39,7 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from workbench.core.messages import HUB_INBOX, orders_queue
+from workbench.core.private_file import PrivateFileError, read_private_text
 from workbench.errors import ConfigError
 from workbench.transport.stomp_connection import ClientTls
 
@@ -138,15 +139,9 @@ def read_password(path: Path) -> str:
         ConfigError: the file is unreadable, empty, or readable by group or others.
     """
     try:
-        mode = os.stat(path).st_mode
-        password = Path(path).read_text().strip()
-    except OSError as e:
-        raise ConfigError(f"cannot read the password file {path}: {e}") from e
-    if mode & 0o077:
-        raise ConfigError(f"the password file {path} is readable by others: chmod 600 it")
-    if not password:
-        raise ConfigError(f"the password file {path} is empty")
-    return password
+        return read_private_text(path)
+    except PrivateFileError as e:
+        raise ConfigError(str(e)) from e
 
 
 # -- the files beside activemq.xml ------------------------------------------------------------

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from workbench.core.private_file import PrivateFileError, read_private_text
 from workbench.errors import TrustError
 
 __all__ = [
@@ -335,15 +336,9 @@ def read_password(path: Path) -> str:
         PkiError: the file is missing, empty, or readable by others than its owner.
     """
     try:
-        mode = os.stat(path).st_mode
-        text = Path(path).read_text().strip()
-    except OSError as e:
-        raise PkiError(f"cannot read the password file {path}: {e}") from e
-    if mode & 0o077:
-        raise PkiError(f"{path} is readable by others: chmod 600 it")
-    if not text:
-        raise PkiError(f"{path} is empty")
-    return text
+        return read_private_text(path)
+    except PrivateFileError as e:
+        raise PkiError(str(e)) from e
 
 
 # -- internals ------------------------------------------------------------------------------
