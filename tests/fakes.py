@@ -48,6 +48,16 @@ class FakeEngine:
         self.removed.append(dict(labels))
         return 0
 
+    stopped: list[dict[str, str]] = field(default_factory=list)
+
+    def stop_containers(self, labels: dict[str, str]) -> int:
+        """Records the labels; a run whose container carries them ends as killed (137)."""
+        self.stopped.append(dict(labels))
+        return 1
+
+    def _was_stopped(self, spec: SandboxSpec) -> bool:
+        return any(s.items() <= spec.labels.items() for s in self.stopped)
+
     def pull(self, reference: str) -> ImageInfo:
         self.pulled.append(reference)
         if self.local is not None:
@@ -61,6 +71,8 @@ class FakeEngine:
             str(p.relative_to(spec.dicom_dir)) for p in Path(spec.dicom_dir).rglob("*.dcm")
         )
         self.act(Path(spec.output_dir))
+        if self._was_stopped(spec):
+            return ContainerOutcome(137, False, False, False, b"killed\n", 0.1)
         return ContainerOutcome(
             self.exit_code, self.timed_out, self.oom, self.pids, b"algorithm log\n", 0.1
         )

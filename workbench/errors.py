@@ -11,6 +11,8 @@
      ├── EngineError            the container engine is missing or refused a request
      │                          (carries a RunErrorCode: ENGINE_UNAVAILABLE, IMAGE_NOT_FOUND, ...)
      ├── SynthError             the synthetic cohort generator was given impossible settings
+     ├── SpokeHaltedError       the spoke's state database or audit log cannot be written
+     │                          (disk full): it stopped working (``Spoke.failure``)
      ├── ReportError            a validation report cannot be rendered (no results yet, a
      │                          template cell failed: carries ``cell_index``)
      ├── TransportError         the message broker is unreachable, refused a frame, or did not
@@ -70,6 +72,10 @@ class CatalogError(WorkbenchError):
 
 class SynthError(WorkbenchError):
     """The synthetic cohort generator cannot satisfy its settings."""
+
+
+class SpokeHaltedError(WorkbenchError):
+    """The spoke's durable state cannot be written (disk full?): it stopped taking work."""
 
 
 class ReportError(WorkbenchError):

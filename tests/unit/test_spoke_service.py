@@ -226,19 +226,18 @@ def test_no_matching_case_is_reported_as_zero_cases(site: Path) -> None:
     assert [(a.participants, a.cases) for a in accepted] == [(0, 0)]
 
 
-def test_a_cancelled_experiment_runs_no_queued_case(site: Path) -> None:
+def test_a_cancel_stops_the_running_case_and_runs_no_queued_one(site: Path) -> None:
     server = InMemoryBroker()
     hub = server.connect()
-    spokes: list[Spoke] = []
 
-    def slow_until_cancelled(out: Path) -> None:
+    def slow_until_stopped(out: Path) -> None:
         deadline = time.monotonic() + 10
-        while not spokes[0].state.is_cancelled("exp-1") and time.monotonic() < deadline:
+        while not engine.stopped and time.monotonic() < deadline:
             time.sleep(0.01)
         write_score(out)
 
-    spoke = Spoke(config(site), server.connect(), FakeEngine(slow_until_cancelled))
-    spokes.append(spoke)
+    engine = FakeEngine(slow_until_stopped)
+    spoke = Spoke(config(site), server.connect(), engine)
     spoke.start()
     send_order(hub, order())
     try:
@@ -255,11 +254,12 @@ def test_a_cancelled_experiment_runs_no_queued_case(site: Path) -> None:
     states = sorted(
         x.state for x in messages if isinstance(x, m.CaseStatus) and x.state != "queued"
     )
-    assert states == [
-        "cancelled",
-        "done",
-        "running",
-    ]  # the running case finishes, the queued one never starts
+    # The running case is killed and settled as cancelled; the queued one never starts.
+    assert states == ["cancelled", "cancelled", "running"]
+    assert not [x for x in messages if isinstance(x, m.CaseResult)]
+    assert engine.stopped == [{"org.elic.spoke": "site-01", "org.elic.experiment": "exp-1"}]
+    assert engine.specs[0].labels["org.elic.experiment"] == "exp-1"
+    assert len(engine.specs) == 1
 
 
 def test_an_image_absent_locally_is_pulled_by_digest_and_checked(site: Path) -> None:

@@ -42,6 +42,12 @@ def register(sub: Sub) -> None:
         help="an algorithm argument (repeatable); JSON values keep their type",
     )  # fmt: skip
     p.add_argument("--timeout", type=float, help="per-case wall-clock limit in seconds")
+    p.add_argument(
+        "--deadline", metavar="WHEN",
+        help="the experiment's deadline: an ISO-8601 time with a zone (2026-12-01T18:00:00Z) "
+        "or a duration from now on the hub's clock (2h, 30m, 1h30m); results the hub "
+        "receives later are refused, and spokes start no case after it",
+    )  # fmt: skip
     add_hub_option(p)
     p.set_defaults(handler=_launch)
 
@@ -105,8 +111,9 @@ def _client(ns: argparse.Namespace) -> Any:
 def _launch(ns: argparse.Namespace) -> int:
     args = parse_args(ns.arg)
     status = _client(ns).launch(
-        ns.study, ns.algorithm, ns.spoke, args=args or None, timeout_s=ns.timeout
-    )
+        ns.study, ns.algorithm, ns.spoke, args=args or None, timeout_s=ns.timeout,
+        deadline=ns.deadline,
+    )  # fmt: skip
     pending = [s["spoke_id"] for s in status["spokes"] if not s["order_sent"]]
     note = f"; orders still to send to {', '.join(pending)}" if pending else ""
     say(f"launched {status['experiment_id']} (manifest {status['manifest_hash'][:12]}){note}")
@@ -158,6 +165,7 @@ def _show(status: dict[str, Any], as_json: bool) -> None:
         f"{status['experiment_id']}  study {status['study']}  state {status['state']}  "
         f"results {status['results']} ({status.get('results_verified', 0)} signature-verified)"
         f"  algorithms {', '.join(status['algorithms'])}"
+        + (f"  deadline {status['deadline']}" if status.get("deadline") else "")
     )
     refused = status.get("rejections") or {}
     if refused:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from workbench.cli.common import Sub, counter, group, positive_int, say
+from workbench.cli.experiment import add_hub_option
 
 
 def register(sub: Sub) -> None:
@@ -39,7 +40,46 @@ def register(sub: Sub) -> None:
     )
     p.add_argument("--config", type=Path, required=True, help="the spoke's TOML settings")
     p.set_defaults(handler=_spoke_serve)
+
+    p = spoke.add_parser(
+        "list",
+        help="the spokes the hub knows, with their last heartbeat and clock skew",
+        description="Every spoke the hub knows (allow-listed or seen): its last heartbeat on "
+        "the hub's clock, queued and running cases, and the skew of its clock "
+        f"against the hub's. A skew beyond {SKEW_WARN_S:g} s is flagged: the hub never uses "
+        "a spoke's clock for a decision, but the spoke's own logs and audit times are off.",
+    )
+    add_hub_option(p)
+    p.set_defaults(handler=_spoke_list)
     _register_review(spoke)
+
+
+SKEW_WARN_S = 300.0
+
+
+def _spoke_list(ns: argparse.Namespace) -> int:
+    from workbench.hub_kernel.client import HubClient
+
+    spokes = HubClient(ns.hub).spokes()
+    if not spokes:
+        say("the hub knows no spoke")
+        return 0
+    print("SPOKE".ljust(24) + "LAST HEARTBEAT (HUB)".ljust(28) + "QUEUED  RUNNING  SKEW")
+    for s in spokes:
+        skew = s.get("clock_skew_s")
+        print(
+            s["spoke_id"].ljust(24) + str(s.get("last_heartbeat_at") or "never").ljust(28)
+            + str(s.get("queued") or 0).rjust(6) + str(s.get("running") or 0).rjust(9)
+            + ("  ?" if skew is None else f"  {skew:+.0f} s")
+        )  # fmt: skip
+    for s in spokes:
+        skew = s.get("clock_skew_s")
+        if skew is not None and abs(skew) > SKEW_WARN_S:
+            say(
+                f"WARNING: {s['spoke_id']}'s clock is {abs(skew):.0f} s "
+                f"{'ahead of' if skew > 0 else 'behind'} the hub's: fix its time sync (NTP)"
+            )
+    return 0
 
 
 def _spoke_index(ns: argparse.Namespace) -> int:
@@ -80,9 +120,12 @@ def _spoke_serve(ns: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     spoke.start()
     say(f"spoke {config.spoke_id} serving; catalog {config.catalog_path}")
-    stop.wait()
+    while not stop.wait(0.5) and not spoke.failed.is_set():
+        pass
     say(f"spoke {config.spoke_id} stopping")
     spoke.stop()
+    if spoke.failure is not None:
+        raise spoke.failure  # exit 1 with the reason: its state could not be written
     return 0
 
 

@@ -28,8 +28,9 @@ import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from workbench.core.deadline import DeadlineError, format_utc, parse_utc
 from workbench.core.run_errors import RunErrorCode
 
 VERSION = 1
@@ -83,7 +84,12 @@ class AlgorithmRef(BaseModel):
 
 
 class Manifest(BaseModel):
-    """The frozen description of one experiment; its hash names it in every result."""
+    """The frozen description of one experiment; its hash names it in every result.
+
+    ``deadline`` (UTC, ``YYYY-MM-DDTHH:MM:SSZ``, or ``None``): the hub refuses a result it
+    receives later, by its own clock; a spoke does not start a case once the hub's clock
+    has certainly passed it (``workbench.core.deadline``).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -96,6 +102,17 @@ class Manifest(BaseModel):
     timeout_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
     memory_bytes: Annotated[int, Field(ge=8 * 1024**2)] = 2 * 1024**3
     created_at: str
+    deadline: Annotated[str, Field(max_length=40)] | None = None
+
+    @field_validator("deadline")
+    @classmethod
+    def _utc_instant(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return format_utc(parse_utc(value))
+        except DeadlineError as e:
+            raise ValueError(str(e)) from e
 
 
 class ExperimentOrder(_Message):
@@ -275,7 +292,9 @@ def manifest_hash(manifest: Manifest) -> str:
     """SHA-256 of the manifest's canonical JSON (sorted keys, no spaces)."""
     import hashlib
 
-    canonical = json.dumps(
-        manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    document = manifest.model_dump(mode="json")
+    if document.get("deadline") is None:
+        # A manifest without a deadline hashes as it did before the field existed.
+        document.pop("deadline", None)
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

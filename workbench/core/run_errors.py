@@ -37,6 +37,7 @@ class RunErrorCode(StrEnum):
     OUTPUT_PHI = "OUTPUT_PHI"
     RELEASE_REJECTED = "RELEASE_REJECTED"
     IMAGE_UNTRUSTED = "IMAGE_UNTRUSTED"
+    DEADLINE_PASSED = "DEADLINE_PASSED"
 
 
 REASONS: dict[RunErrorCode, str] = {
@@ -60,6 +61,7 @@ REASONS: dict[RunErrorCode, str] = {
     RunErrorCode.RELEASE_REJECTED: "a reviewer at the spoke declined to release the result",
     RunErrorCode.IMAGE_UNTRUSTED: "the algorithm image is unsigned, or not signed for this digest "
     "by a publisher the spoke trusts",
+    RunErrorCode.DEADLINE_PASSED: "the experiment's deadline passed before the case started",
 }
 
 

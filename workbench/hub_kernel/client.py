@@ -97,11 +97,13 @@ class HubClient:
         args: dict[str, dict[str, Any]] | None = None,
         timeout_s: float | None = None,
         memory_bytes: int | None = None,
+        deadline: str | None = None,
     ) -> dict[str, Any]:
         """``POST /experiments``: launch; returns the new experiment's status.
 
         ``algorithms`` are ``name`` (latest version) or ``name:version``; ``args`` maps an
-        algorithm name to its arguments.
+        algorithm name to its arguments. ``deadline`` is an ISO-8601 timestamp with a zone or
+        a duration (``2h``, ``30m``) the hub counts from its own clock.
         """
         body: dict[str, Any] = {"study": study, "algorithms": algorithms, "spokes": spokes}
         if args:
@@ -110,6 +112,8 @@ class HubClient:
             body["timeout_s"] = timeout_s
         if memory_bytes is not None:
             body["memory_bytes"] = memory_bytes
+        if deadline is not None:
+            body["deadline"] = deadline
         return self._call("POST", "/experiments", body)
 
     def experiment(self, experiment_id: str) -> dict[str, Any]:

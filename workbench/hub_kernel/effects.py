@@ -30,6 +30,8 @@ transaction committed. The codes (``CODES``)::
     unknown_spoke / unknown_experiment / spoke_not_in_experiment / algorithm_not_in_experiment
     manifest_mismatch / image_mismatch   a result not computed with the experiment's frozen
                       manifest or pinned image
+    after_deadline    a result the hub received (its own clock: ``received_at``) after the
+                      experiment's deadline; the spoke's clock is never consulted
     store_refused     the database refused the message's values
 """
 
@@ -74,6 +76,7 @@ CODES = {
     "algorithm_not_in_experiment": "names an algorithm the experiment does not run",
     "manifest_mismatch": "computed under another manifest than the experiment's",
     "image_mismatch": "computed with another image than the experiment pinned",
+    "after_deadline": "a result received after the experiment's deadline (hub clock)",
     "store_refused": "the database refused the message's values",
 }
 
@@ -130,6 +133,7 @@ class ExperimentFacts:
     manifest_hash: str
     spokes: frozenset[str]
     digests: dict[str, str]
+    deadline: datetime | None = None
 
 
 @dataclass
@@ -230,6 +234,9 @@ def _check(
             return "manifest_mismatch", "manifest hash mismatch"
         if message.image_digest != digest:
             return "image_mismatch", "image digest mismatch"
+        if facts.deadline is not None and item.received_at > facts.deadline:
+            when = facts.deadline.strftime("%Y-%m-%dT%H:%M:%SZ")
+            return "after_deadline", f"received after the deadline {when} (hub clock)"
         if message.audit_head is not None and _head_seq(message.audit_head) is None:
             return "malformed", "malformed: the audit head is out of range"
     return None

@@ -27,6 +27,7 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError
 
+from workbench.core.deadline import DeadlineError, format_utc, parse_deadline, parse_utc
 from workbench.core.messages import AlgorithmRef, Manifest, manifest_hash, orders_queue
 from workbench.errors import BadRequestError, CanonicalJSONError, NotFoundError
 from workbench.hub_kernel.audit_trail import AuditTrail
@@ -124,6 +125,11 @@ class Experiments:
             fields["timeout_s"] = request.timeout_s
         if request.memory_bytes is not None:
             fields["memory_bytes"] = request.memory_bytes
+        if request.deadline is not None:
+            try:
+                fields["deadline"] = format_utc(parse_deadline(request.deadline, now))
+            except DeadlineError as e:
+                raise BadRequestError(f"invalid deadline: {e}", code="bad_deadline") from e
         try:
             manifest = Manifest.model_validate(fields)
             # The manifest as a spoke will read it back from the signed (canonical JSON)
@@ -194,6 +200,7 @@ class Experiments:
             state=state,
             created_at=record.created_at,
             cancelled_at=record.cancelled_at,
+            deadline=parse_utc(record.manifest.deadline) if record.manifest.deadline else None,
             algorithms=[f"{a.name}:{a.version}" for a in record.manifest.algorithms],
             spokes=progress,
             results=sum(p.results for p in progress),

@@ -53,6 +53,8 @@ class LaunchRequest(_Frozen):
     """``POST /experiments``: a study, algorithms (``name`` or ``name:version``) and spokes.
 
     ``args`` maps an algorithm name to its arguments, e.g. ``{"lung-lav950": {"hu": -950}}``.
+    ``deadline`` is an ISO-8601 timestamp with a zone or a duration from now on the hub's
+    clock (``2h``, ``30m``, ``1h30m``); results the hub receives after it are refused.
     """
 
     study: Name
@@ -61,6 +63,7 @@ class LaunchRequest(_Frozen):
     args: dict[str, dict[str, Any]] = Field(default_factory=dict)
     timeout_s: Annotated[float, Field(gt=0, le=86400)] | None = None
     memory_bytes: Annotated[int, Field(ge=8 * 1024**2)] | None = None
+    deadline: Annotated[str, Field(min_length=1, max_length=40)] | None = None
 
     @field_validator("algorithms", "spokes")
     @classmethod
@@ -91,6 +94,12 @@ class SpokeRecord(_Frozen):
     )
     audit_head_at: datetime | None = None
     last_key_id: str | None = Field(default=None, description="The key id that signed that result")
+    clock_skew_s: float | None = Field(
+        default=None,
+        description="The spoke's clock minus the hub's, from its last heartbeat (its sent_at "
+        "against the hub's receipt time; transit delay makes it read low). Shown only: no "
+        "decision of the hub uses a spoke's clock",
+    )
 
 
 class ExperimentRecord(_Frozen):
@@ -148,6 +157,9 @@ class ExperimentStatus(_Frozen):
     state: ExperimentState
     created_at: datetime
     cancelled_at: datetime | None
+    deadline: datetime | None = Field(
+        default=None, description="Results the hub receives after this instant are refused"
+    )
     algorithms: list[str]
     spokes: list[SpokeProgress]
     results: int

@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from workbench.core.deadline import DeadlineError, parse_utc
 from workbench.core.messages import Manifest
 from workbench.errors import ConflictError, StoreError
 from workbench.hub_kernel import tables as t
@@ -115,6 +117,7 @@ class ResultsStore(Database):
                 audit_head=r["audit_head"],
                 audit_head_at=r["audit_head_at"],
                 last_key_id=r["last_key_id"],
+                clock_skew_s=_skew(r["heartbeat_sent_at"], r["last_heartbeat_at"]),
             )
             for r in rows
         ]
@@ -239,6 +242,7 @@ class ResultsStore(Database):
             manifest_hash=row.manifest_hash,
             spokes=frozenset(manifest.spokes),
             digests={a.name: a.digest for a in manifest.algorithms},
+            deadline=parse_utc(manifest.deadline) if manifest.deadline else None,
         )
         with self._lock:
             self._facts[experiment_id] = facts
@@ -434,3 +438,19 @@ class ResultsStore(Database):
         )
         with self._read() as conn:
             return {str(code or "unclassified"): int(n) for code, n in conn.execute(query)}
+
+
+def _skew(sent_at: str | None, received_at: datetime | None) -> float | None:
+    """The spoke's clock minus the hub's: a heartbeat's ``sent_at`` against its receipt.
+
+    Both come from the same heartbeat (they are written together). Transit and outbox delay
+    make the figure read low; a ``sent_at`` that is not a timestamp with a zone gives
+    ``None``. For display only: no decision uses a spoke's clock.
+    """
+    if sent_at is None or received_at is None:
+        return None
+    try:
+        sent = parse_utc(sent_at)
+    except DeadlineError:
+        return None
+    return round((sent - received_at).total_seconds(), 3)

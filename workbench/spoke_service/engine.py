@@ -73,6 +73,14 @@ class ContainerEngine(Protocol):
         """Remove every container carrying all ``labels`` (orphans of a crash); how many."""
         ...
 
+    def stop_containers(self, labels: dict[str, str]) -> int:
+        """Kill every running container carrying all ``labels``; how many.
+
+        The ``run`` waiting on such a container returns as for any killed container, and
+        removes it as usual (a cancelled experiment's running cases).
+        """
+        ...
+
 
 class DockerEngine:
     """``ContainerEngine`` over Docker Engine, through the docker SDK."""
@@ -139,6 +147,25 @@ class DockerEngine:
         for container in found:
             _remove(container)
         return len(found)
+
+    def stop_containers(self, labels: dict[str, str]) -> int:
+        from docker.errors import DockerException, NotFound
+
+        wanted = [f"{k}={v}" for k, v in labels.items()]
+        try:
+            found = self._client.containers.list(filters={"label": wanted})  # running only
+        except DockerException as e:
+            raise EngineError(RunErrorCode.ENGINE_UNAVAILABLE, str(e)) from e
+        stopped = 0
+        for container in found:
+            try:
+                container.kill()
+                stopped += 1
+            except NotFound:
+                pass  # it ended meanwhile
+            except DockerException as e:
+                log.error("could not stop container %s: %s", container.short_id, e)
+        return stopped
 
     def run(self, spec: SandboxSpec) -> ContainerOutcome:
         from docker.errors import DockerException

@@ -99,8 +99,12 @@ class CaseRunner:
         image: str,
         args: dict[str, Any] | None = None,
         limits: Limits | None = None,
+        labels: dict[str, str] | None = None,
     ) -> RunResult:
         """Run ``image`` on ``case`` and return the verdict; never raises for a bad algorithm.
+
+        ``labels`` are added to this run's container (a spoke names the experiment, so that
+        a cancel can find its running containers).
 
         Raises:
             EngineError: the engine is unreachable or the image is absent, i.e. the spoke,
@@ -119,7 +123,12 @@ class CaseRunner:
                 dicom_dir=str(staged.dicom_dir),
                 output_dir=str(staged.output_dir),
                 limits=limits,
-                labels={**self._labels, MANAGED_LABEL: "true", RUN_LABEL: staged.run_id},
+                labels={
+                    **self._labels,
+                    **(labels or {}),
+                    MANAGED_LABEL: "true",
+                    RUN_LABEL: staged.run_id,
+                },
             )
             started = time.monotonic()
             try:

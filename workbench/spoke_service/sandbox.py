@@ -19,6 +19,7 @@ SANDBOX_USER = "65534:65534"  # nobody:nogroup in Debian images
 MANAGED_LABEL = "org.elic.managed"
 RUN_LABEL = "org.elic.run"
 SPOKE_LABEL = "org.elic.spoke"
+EXPERIMENT_LABEL = "org.elic.experiment"  # a cancel stops that experiment's running containers
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}

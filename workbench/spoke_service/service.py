@@ -8,6 +8,15 @@ Threads, each with one job:
 - the outbox thread sends queued messages until the broker confirms each;
 - the heartbeat thread queues a ``spoke.heartbeat`` every ``heartbeat_s``.
 
+A cancel drops the experiment's queued cases and kills its running containers (labelled with
+the experiment); a run that ends after the cancel is settled as ``cancelled`` in the same
+transaction that checks the cancel, so its result never leaves. A case is not started once
+the hub's clock has certainly passed the experiment's deadline (``_deadline_passed``); a
+case already running is left to its own timeout, and the hub refuses its result if it
+arrives late. If the state database or the audit log cannot be written (disk full), the
+spoke halts (``failure``): nothing uncommitted is sent, and the case in hand stays
+``running`` in the committed state, to run again after a restart.
+
 Nothing that leaves holds an identifier: cases are named by pseudonym, failures by a code
 from the fixed table, and the reference standard is reduced to the numbers a study asks for.
 """
@@ -19,9 +28,12 @@ import json
 import logging
 import os
 import secrets
+import sqlite3
 import threading
+import time
 from collections import OrderedDict
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,11 +41,12 @@ from pydantic import BaseModel
 
 from workbench.core import messages as m
 from workbench.core.cohort import matches
+from workbench.core.deadline import DeadlineError, parse_utc
 from workbench.core.headers import InstanceHeader
 from workbench.core.participant import Case, build_case
 from workbench.core.pseudonym import Pseudonymizer
 from workbench.core.run_errors import Error, RunErrorCode
-from workbench.errors import CaseError, EngineError, SignatureError
+from workbench.errors import AuditError, CaseError, EngineError, SignatureError, SpokeHaltedError
 from workbench.spoke_service.catalog import Catalog
 from workbench.spoke_service.config import SpokeConfig
 from workbench.spoke_service.engine import ContainerEngine
@@ -42,7 +55,7 @@ from workbench.spoke_service.pending import HELD_STATE, CaseKey, PendingStore
 from workbench.spoke_service.reference import SiteReference
 from workbench.spoke_service.release_gate import ReleaseGate
 from workbench.spoke_service.runner import CaseRunner, RunResult
-from workbench.spoke_service.sandbox import SPOKE_LABEL, Limits
+from workbench.spoke_service.sandbox import EXPERIMENT_LABEL, SPOKE_LABEL, Limits
 from workbench.spoke_service.staging import Staging
 from workbench.spoke_service.state import CaseRow, SpokeState
 from workbench.transport.base import Broker, Delivery, Subscription
@@ -56,6 +69,13 @@ log = logging.getLogger(__name__)
 
 Outgoing = list[tuple[str, bytes]]
 _CASE_CACHE = 256  # participants whose case stays built between planning and running
+_SWEEP_S = 1.0  # how often a worker looks for queued cases past their deadline
+# What a full disk raises: SQLite's SQLITE_FULL (and kin), or the audit log refusing to write.
+_UNWRITABLE = (sqlite3.Error, AuditError, OSError)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class Spoke:
@@ -67,8 +87,12 @@ class Spoke:
         broker: Broker,
         engine: ContainerEngine,
         reference: SiteReference | None = None,
+        clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.config = config
+        # The spoke's wall clock: heartbeats' sent_at and when an order was stored. It may be
+        # far off the hub's; deadlines use only differences of it (see _deadline_passed).
+        self._clock = clock
         self._broker = broker
         self._engine = engine
         self._reference = reference or (
@@ -102,6 +126,10 @@ class Spoke:
         self._subscription: Subscription | None = None
         self._verified: dict[str, str] = {}
         self._cache_lock = threading.Lock()
+        self._deadlines: dict[str, tuple[datetime, datetime] | None] = {}
+        self._next_sweep = 0.0
+        self.failure: SpokeHaltedError | None = None
+        self.failed = threading.Event()
 
     # life cycle -------------------------------------------------------------------------
 
@@ -145,7 +173,10 @@ class Spoke:
         self._broker.close()
         self.state.close()
         self._pending.close()
-        self.audit.append("spoke.stopped", {})
+        try:
+            self.audit.append("spoke.stopped", {})
+        except AuditError as e:
+            log.error("could not record the stop in the audit log: %s", e)
         self.audit.close()
         self.catalog.close()
 
@@ -181,19 +212,28 @@ class Spoke:
                 log.error("rejected order %s: manifest hash mismatch", message.id)
                 delivery.reject()
                 return
-            self.state.store_order(
-                message.manifest.experiment_id, message.manifest_hash, delivery.body
-            )
-            # Not waited for on disk: the order itself is already durable in the state
-            # database, and the case's result entry (durable) follows in the same chain.
-            self.audit.append("order.received", {
-                "experiment_id": message.manifest.experiment_id, "message_id": message.id,
-                "manifest_hash": message.manifest_hash, "signer": key,
-            }, durable=False)  # fmt: skip
-            self._plan(message)
+            try:
+                self.state.store_order(
+                    message.manifest.experiment_id, message.manifest_hash, delivery.body,
+                    received_at=self._clock().timestamp(),
+                )  # fmt: skip
+                # Not waited for on disk: the order itself is already durable in the state
+                # database, and the case's result entry (durable) follows in the same chain.
+                self.audit.append("order.received", {
+                    "experiment_id": message.manifest.experiment_id, "message_id": message.id,
+                    "manifest_hash": message.manifest_hash, "signer": key,
+                }, durable=False)  # fmt: skip
+                self._plan(message)
+            except _UNWRITABLE as e:
+                self._halt(e, "storing an order")  # unacknowledged: redelivered after restart
+                return
         elif isinstance(message, m.ExperimentCancel):
-            self.audit.append("order.cancel", {"experiment_id": message.experiment_id})
-            self._cancel(message.experiment_id)
+            try:
+                self.audit.append("order.cancel", {"experiment_id": message.experiment_id})
+                self._cancel(message.experiment_id)
+            except _UNWRITABLE as e:
+                self._halt(e, "recording a cancel")
+                return
         else:
             log.error("rejected a %s on the orders queue", message.type)
             delivery.reject()
@@ -242,20 +282,128 @@ class Spoke:
             for c in queued
         }
         n = self.state.cancel(experiment_id, messages)
-        log.info("experiment %s cancelled: %d queued cases dropped", experiment_id, n)
+        # The cancel is committed first: a run the kill ends is then settled as cancelled.
+        try:
+            stopped = self._engine.stop_containers(
+                {SPOKE_LABEL: self.config.spoke_id, EXPERIMENT_LABEL: experiment_id}
+            )
+        except EngineError as e:
+            log.error("experiment %s cancelled, but its containers were not stopped: %s",
+                      experiment_id, e.detail)  # fmt: skip
+            stopped = 0
+        log.info("experiment %s cancelled: %d queued cases dropped, %d running stopped",
+                 experiment_id, n, stopped)  # fmt: skip
 
     # work -------------------------------------------------------------------------------
 
     def _work_loop(self) -> None:
         while not self._stopping.is_set():
-            case = self.state.claim_next(lambda c: [self._status(c, "running")])
+            try:
+                self._expire_overdue()
+                case = self.state.claim_next(lambda c: [self._status(c, "running")])
+            except _UNWRITABLE as e:
+                self._halt(e, "claiming a case")
+                return
             if case is None:
                 self._work.wait(1.0)
                 self._work.clear()
                 continue
             self._outbox.notify()
-            self.state.set_case_state(case, *self._execute(case))
+            try:
+                state, messages, error = self._execute(case)
+                final = self.state.finish(
+                    case, state, messages, error, [self._status(case, "cancelled")]
+                )
+                if final != state:
+                    self.audit.append("case.cancelled", {
+                        "experiment_id": case.experiment_id, "attempt": case.attempt,
+                        "participant_id": case.participant_id, "algorithm": case.algorithm,
+                        "withheld": state,
+                    })  # fmt: skip
+            except _UNWRITABLE as e:
+                # Rolled back: the case stays ``running`` and nothing of it is queued to send;
+                # it runs again when the spoke restarts (requeue_interrupted).
+                self._halt(e, f"recording case {case.participant_id}/{case.algorithm}")
+                return
             self._outbox.notify()
+
+    def _halt(self, error: BaseException, doing: str) -> None:
+        """Stop taking work because durable state cannot be written; say so loudly."""
+        detail = f"{type(error).__name__}: {error}"
+        with self._cache_lock:
+            first = self.failure is None
+            if first:
+                self.failure = SpokeHaltedError(
+                    f"spoke {self.config.spoke_id} halted while {doing}: its state cannot be "
+                    f"written ({detail}); free space in {self.config.state_dir} and restart it. "
+                    "Nothing uncommitted was sent; interrupted cases run again on restart."
+                )
+        if not first:
+            return
+        log.error("%s", self.failure)
+        try:
+            self.audit.append("spoke.halted", {"while": doing, "error": detail[:300]})
+        except AuditError as e:
+            log.error("the halt could not be recorded in the audit log either: %s", e)
+        self._stopping.set()
+        self._work.set()
+        self.failed.set()
+
+    # deadlines --------------------------------------------------------------------------
+
+    def _deadline_passed(self, experiment_id: str) -> bool:
+        """Whether the hub's clock has certainly passed the experiment's deadline.
+
+        The spoke cannot read the hub's clock, and its own may be far off. The manifest's
+        ``created_at`` is hub time; the order has been held here at least as long as the
+        spoke's own clock has advanced since storing it (an offset cancels out in the
+        difference). Their sum is a lower bound of the hub's time now, so a spoke never
+        skips a case whose result the hub would still accept; the hub refuses late results
+        by its own clock.
+        """
+        with self._cache_lock:
+            known = experiment_id in self._deadlines
+            found = self._deadlines.get(experiment_id)
+        if not known:
+            found = self._deadline_of(experiment_id)
+            with self._cache_lock:
+                self._deadlines[experiment_id] = found
+        if found is None:
+            return False
+        deadline, created = found
+        received = self.state.order_received_at(experiment_id)
+        held = 0.0 if received is None else max(0.0, self._clock().timestamp() - received)
+        return created + timedelta(seconds=held) >= deadline
+
+    def _deadline_of(self, experiment_id: str) -> tuple[datetime, datetime] | None:
+        body = self.state.order_body(experiment_id)
+        order = m.parse_message(body) if body else None
+        if not isinstance(order, m.ExperimentOrder) or order.manifest.deadline is None:
+            return None
+        try:
+            return parse_utc(order.manifest.deadline), parse_utc(order.manifest.created_at)
+        except DeadlineError:
+            log.warning("experiment %s: unreadable created_at; its deadline is left to the hub",
+                        experiment_id)  # fmt: skip
+            return None
+
+    def _expire_overdue(self) -> None:
+        """Fail, without running them, the queued cases of experiments past their deadline."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + _SWEEP_S
+        error = Error.of(RunErrorCode.DEADLINE_PASSED)
+        for experiment_id in self.state.queued_experiments():
+            if not self._deadline_passed(experiment_id):
+                continue
+            n = self.state.expire(
+                experiment_id, error.code.value, lambda c: [self._status(c, "failed", error)]
+            )
+            if n:
+                log.warning("experiment %s: deadline passed, %d queued cases not run",
+                            experiment_id, n)  # fmt: skip
+                self.audit.append("deadline.passed", {"experiment_id": experiment_id, "cases": n})
 
     def _execute(self, case: CaseRow) -> tuple[str, Outgoing, str | None]:
         """Run one case; returns its final state, the messages to send and an error code."""
@@ -263,6 +411,10 @@ class Spoke:
         assert isinstance(order, m.ExperimentOrder)
         if self.state.is_cancelled(case.experiment_id):
             return "cancelled", [self._status(case, "cancelled")], None
+        if self._deadline_passed(case.experiment_id):  # claimed between two sweeps
+            self._audit_failure(case, RunErrorCode.DEADLINE_PASSED.value)
+            error = Error.of(RunErrorCode.DEADLINE_PASSED)
+            return "failed", [self._status(case, "failed", error)], error.code.value
         manifest = order.manifest
         algorithm = next(a for a in manifest.algorithms if a.name == case.algorithm)
         try:
@@ -271,7 +423,10 @@ class Spoke:
             limits = self.config.policy.bound(
                 Limits(timeout_s=manifest.timeout_s, memory_bytes=manifest.memory_bytes)
             )
-            result = self._runner.run(built, image_id, algorithm.args, limits)
+            result = self._runner.run(
+                built, image_id, algorithm.args, limits,
+                labels={EXPERIMENT_LABEL: case.experiment_id},
+            )  # fmt: skip
         except (EngineError, CaseError) as e:
             log.error("case %s/%s failed: %s", case.participant_id, case.algorithm, e.detail)
             self._audit_failure(case, e.code.value)
@@ -308,7 +463,10 @@ class Spoke:
         return "done", [(m.HUB_INBOX, _body(message)), self._status(case, "done")], None
 
     def _audit_sent(self, seqs: list[int]) -> None:
-        self.audit.append("messages.sent", {"outbox": seqs}, durable=False)
+        try:
+            self.audit.append("messages.sent", {"outbox": seqs}, durable=False)
+        except AuditError as e:  # on the outbox thread, which must go on sending
+            self._halt(e, "recording sent messages")
 
     def _audit_failure(self, case: CaseRow, code: str) -> None:
         self.audit.append("case.failed", {
@@ -420,12 +578,16 @@ class Spoke:
             counts = self.state.counts()
             beat = m.SpokeHeartbeat(
                 spoke_id=self.config.spoke_id,
-                sent_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                sent_at=self._clock().astimezone(UTC).isoformat(timespec="seconds"),
                 queued=counts.get("queued", 0),
                 running=counts.get("running", 0),
                 participants=self.catalog.counts().participants,
             )
-            self.state.enqueue([(m.HUB_INBOX, _body(beat))])
+            try:
+                self.state.enqueue([(m.HUB_INBOX, _body(beat))])
+            except _UNWRITABLE as e:
+                self._halt(e, "queuing a heartbeat")
+                return
             self._outbox.notify()
             self._stopping.wait(self.config.heartbeat_s)
 

@@ -25,7 +25,7 @@ def immediate(
 
     The lock serialises the threads that share one connection; a connection used by one
     thread only needs none. Any exception, ``KeyboardInterrupt`` included, rolls back and
-    propagates.
+    propagates; so does a refused ``COMMIT`` (a full disk).
     """
     with lock if lock is not None else nullcontext():
         connection.execute("BEGIN IMMEDIATE")
@@ -34,4 +34,11 @@ def immediate(
         except BaseException:
             connection.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
+        try:
+            connection.execute("COMMIT")
+        except sqlite3.Error:
+            # A COMMIT refused for a full disk (SQLITE_FULL) may leave the transaction open:
+            # roll it back, or every later BEGIN fails with "within a transaction".
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise

@@ -87,14 +87,29 @@ class SpokeState:
 
     # orders -------------------------------------------------------------------------------
 
-    def store_order(self, experiment_id: str, manifest_hash: str, body: bytes) -> bool:
-        """Store an order durably; ``False`` if this experiment's order was already stored."""
+    def store_order(
+        self, experiment_id: str, manifest_hash: str, body: bytes, received_at: float | None = None
+    ) -> bool:
+        """Store an order durably; ``False`` if this experiment's order was already stored.
+
+        ``received_at`` (seconds since the epoch, the spoke's clock; now by default) starts
+        the spoke's own measure of how long it has held the order (deadlines).
+        """
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO orders VALUES (?, ?, ?, ?, 0)",
-                (experiment_id, manifest_hash, body, time.time()),
-            )
+                (experiment_id, manifest_hash, body,
+                 time.time() if received_at is None else received_at),
+            )  # fmt: skip
             return cursor.rowcount == 1
+
+    def order_received_at(self, experiment_id: str) -> float | None:
+        """When the order was stored (the spoke's clock, seconds since the epoch)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT received_at FROM orders WHERE experiment_id = ?", (experiment_id,)
+            ).fetchone()
+        return float(row[0]) if row else None
 
     def order_body(self, experiment_id: str) -> bytes | None:
         """The stored order's message bytes."""
@@ -144,6 +159,68 @@ class SpokeState:
                  case.algorithm, case.attempt),
             )  # fmt: skip
             _enqueue(db, messages)
+
+    def finish(
+        self,
+        case: CaseRow,
+        state: str,
+        messages: list[tuple[str, bytes]],
+        error_code: str | None,
+        if_cancelled: list[tuple[str, bytes]],
+    ) -> str:
+        """Settle a run: ``state`` and ``messages``, unless the experiment was cancelled.
+
+        Cancelled meanwhile (checked inside the transaction, which a cancel's own
+        transaction cannot interleave with), the case becomes ``cancelled`` and only
+        ``if_cancelled`` is queued: a result computed for a cancelled case never leaves.
+        Returns the state written.
+        """
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT cancelled FROM orders WHERE experiment_id = ?", (case.experiment_id,)
+            ).fetchone()
+            if row and row[0]:
+                state, messages, error_code = "cancelled", if_cancelled, None
+            db.execute(
+                "UPDATE cases SET state = ?, error_code = ?, updated_at = ? WHERE experiment_id = ?"
+                " AND participant_id = ? AND algorithm = ? AND attempt = ?",
+                (state, error_code, time.time(), case.experiment_id, case.participant_id,
+                 case.algorithm, case.attempt),
+            )  # fmt: skip
+            _enqueue(db, messages)
+            return state
+
+    def expire(
+        self,
+        experiment_id: str,
+        error_code: str,
+        announce: Callable[[CaseRow], list[tuple[str, bytes]]],
+    ) -> int:
+        """Fail the experiment's queued cases with ``error_code`` (its deadline passed) and
+        queue ``announce(case)`` for each, in one transaction; returns how many."""
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT experiment_id, participant_id, algorithm, attempt, patient_id, state"
+                " FROM cases WHERE experiment_id = ? AND state = 'queued' ORDER BY rowid",
+                (experiment_id,),
+            ).fetchall()
+            db.execute(
+                "UPDATE cases SET state = 'failed', error_code = ?, updated_at = ?"
+                " WHERE experiment_id = ? AND state = 'queued'",
+                (error_code, time.time(), experiment_id),
+            )
+            for experiment, participant_id, algorithm, attempt, patient_id, _ in rows:
+                case = CaseRow(experiment, participant_id, algorithm, attempt, patient_id, "failed")
+                _enqueue(db, announce(case))
+            return len(rows)
+
+    def queued_experiments(self) -> list[str]:
+        """The experiments with at least one queued case."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT experiment_id FROM cases WHERE state = 'queued'"
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def cancel(self, experiment_id: str, messages_for: dict[str, list[tuple[str, bytes]]]) -> int:
         """Mark the experiment cancelled and its queued cases ``cancelled``; returns how many."""
