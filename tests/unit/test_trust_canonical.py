@@ -148,3 +148,50 @@ def test_canonical_form_is_a_fixed_point_of_parse_and_serialise(value: object) -
     again = canonical_json(parse_json(once))
 
     assert again == once
+
+
+# The C-encoder fast path must write exactly what rfc8785 writes, for every document it
+# takes: no floats, integers a double holds, ASCII member names, any string.
+_plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.text(alphabet=st.characters(blacklist_categories=("Cs",))),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(alphabet=st.characters(max_codepoint=127)), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(_plain)
+def test_the_fast_path_writes_what_rfc8785_writes(value: object) -> None:
+    import rfc8785
+
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+def test_control_characters_and_quotes_escape_as_rfc8785_does() -> None:
+    import rfc8785
+
+    text = "".join(chr(c) for c in range(0x20)) + '"\\/\x7f\u2028\u20ac\U0001f600'
+    document = {"z": text, "a": [text, 1, -(2**53) + 1, True, None], "\x01": {}}
+    assert canonical_json(document) == rfc8785.dumps(document)
+
+
+def test_documents_outside_the_fast_path_still_follow_rfc8785() -> None:
+    # A float, a non-ASCII member name (UTF-16 order), an integer beyond 2**53.
+    assert canonical_json({"a": 1.0}) == b'{"a":1}'
+    assert canonical_json({"\ue000": 1, "\U0001f600": 2}) == rfc8785_bytes(
+        {"\ue000": 1, "\U0001f600": 2}
+    )
+    assert canonical_json(2**60) == b"1152921504606847000"  # as ECMAScript writes the double
+    with pytest.raises(CanonicalJSONError):
+        canonical_json({"a": "\ud800"})
+
+
+def rfc8785_bytes(value: object) -> bytes:
+    import rfc8785
+
+    return rfc8785.dumps(value)

@@ -40,6 +40,9 @@ def canonical_json(document: Any) -> bytes:
         CanonicalJSONError: NaN or infinity, an integer no double holds exactly, a
             non-string key, a lone surrogate, or a value of another type.
     """
+    fast = _plain_json(document)
+    if fast is not None:
+        return fast
     try:
         try:
             return rfc8785.dumps(document)
@@ -52,6 +55,48 @@ def canonical_json(document: Any) -> bytes:
         raise CanonicalJSONError(f"no canonical JSON form: {e}") from e
     except RecursionError as e:
         raise CanonicalJSONError("no canonical JSON form: nested too deeply") from e
+
+
+_PLAIN_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, check_circular=False, allow_nan=False, sort_keys=True,
+    separators=(",", ":"),
+)  # fmt: skip
+
+
+def _plain_json(document: Any) -> bytes | None:
+    """The canonical form by the C JSON encoder, when it is the same; else ``None``.
+
+    For documents without floats, with integers a double holds exactly and ASCII member
+    names, RFC 8785 and ``json.dumps(sort_keys=True, ensure_ascii=False)`` write the same
+    bytes: names sort the same by code point as by UTF-16 unit, strings escape the same
+    (``\\"``, ``\\\\``, ``\\b\\f\\n\\r\\t``, other controls as lowercase ``\\u00xx``), and
+    ``true``/``false``/``null`` and integers are written alike. Audit entries and most
+    messages are such documents; rfc8785, pure Python, costs 20 to 50 times more. A lone
+    surrogate fails to encode and falls back to rfc8785, which refuses it.
+    """
+    if not _is_plain(document, 0):
+        return None
+    try:
+        return _PLAIN_ENCODER.encode(document).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
+def _is_plain(value: Any, depth: int) -> bool:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(-_SAFE < value < _SAFE)
+    if depth > 100:
+        return False
+    if kind is dict:
+        return all(
+            type(k) is str and k.isascii() and _is_plain(v, depth + 1) for k, v in value.items()
+        )
+    if kind is list or kind is tuple:
+        return all(_is_plain(v, depth + 1) for v in value)
+    return False
 
 
 def _exact_doubles(value: Any) -> Any:

@@ -198,6 +198,7 @@ class TrustStore:
 
     def __init__(self) -> None:
         self._keys: dict[str, Ed25519PublicKey] = {}
+        self._raw: dict[str, bytes] = {}
         self._names: dict[str, str] = {}
 
     @classmethod
@@ -236,12 +237,17 @@ class TrustStore:
         if held is not None and held.public_bytes_raw() != key.public_bytes_raw():
             raise KeyFileError(f"two different keys share the key id {kid}")
         self._keys[kid] = key
+        self._raw[kid] = key.public_bytes_raw()
         self._names[kid] = name or kid
         return kid
 
     def get(self, kid: str) -> Ed25519PublicKey | None:
         """The trusted public key with this key id, or ``None``."""
         return self._keys.get(kid)
+
+    def raw(self, kid: str) -> bytes | None:
+        """The 32 bytes of the trusted public key with this key id, or ``None``."""
+        return self._raw.get(kid)
 
     def name_of(self, kid: str) -> str | None:
         """The name the key with this key id was trusted under, or ``None``."""
