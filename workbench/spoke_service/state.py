@@ -10,6 +10,7 @@ the natural key, never counts them twice.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.spoke_service.sqlite_tx import immediate
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -75,6 +78,7 @@ class SpokeState:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.RLock()
+        self._unmarked: set[int] = set()  # sent, but a full disk refused to record it
 
     def close(self) -> None:
         """Close the database."""
@@ -296,18 +300,36 @@ class SpokeState:
     def pending(self, limit: int = 100) -> list[OutboxItem]:
         """The oldest messages not yet confirmed by the broker."""
         with self._lock:
+            skip = set(self._unmarked)
             rows = self._db.execute(
                 "SELECT seq, destination, body FROM outbox WHERE sent_at IS NULL"
                 " ORDER BY seq LIMIT ?",
-                (limit,),
+                (limit + len(skip),),
             ).fetchall()
-        return [OutboxItem(seq, dest, bytes(body)) for seq, dest, body in rows]
+        found = [OutboxItem(seq, dest, bytes(body)) for seq, dest, body in rows if seq not in skip]
+        return found[:limit]
 
     def mark_sent(self, seqs: list[int]) -> None:
-        """The broker confirmed these messages."""
+        """The broker confirmed these messages.
+
+        If the database cannot record it (a full disk), the messages are remembered as sent
+        for as long as this process runs, so the outbox does not send them again and again;
+        the next successful call records them too. After a restart they are sent once more,
+        which the hub deduplicates.
+        """
         now = time.time()
-        with self.transaction() as db:
-            db.executemany("UPDATE outbox SET sent_at = ? WHERE seq = ?", [(now, s) for s in seqs])
+        with self._lock:
+            todo = sorted(self._unmarked | set(seqs))
+            try:
+                with self.transaction() as db:
+                    db.executemany(
+                        "UPDATE outbox SET sent_at = ? WHERE seq = ?", [(now, s) for s in todo]
+                    )
+            except sqlite3.Error as e:
+                self._unmarked.update(seqs)
+                log.error("outbox: %d sent messages cannot be marked sent (%s)", len(todo), e)
+                return
+            self._unmarked.clear()
 
     def sent_bytes(self) -> int:
         """Every byte this spoke has sent (message bodies)."""
