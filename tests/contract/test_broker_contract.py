@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 from broker_fixtures import Inbox, unique_queue
 
-from workbench.transport.base import DEAD_LETTER_QUEUE, Broker, Delivery, TransportError
+from workbench.transport.base import (
+    DEAD_LETTER_QUEUE,
+    Broker,
+    Delivery,
+    PartialSend,
+    TransportError,
+)
 from workbench.transport.memory import InMemoryBroker
 from workbench.transport.stomp_broker import StompBroker
 
@@ -229,6 +235,35 @@ def test_a_closed_connection_refuses_to_send(connect: Connect) -> None:
 
     with pytest.raises(TransportError):
         broker.send(unique_queue("closed"), b"late")
+
+
+def test_send_many_delivers_every_message_in_order_with_its_headers(connect: Connect) -> None:
+    first, second = unique_queue("many-a"), unique_queue("many-b")
+    sender, receiver = connect(), connect()
+    batch = [
+        (first if i % 3 else second, f"m{i:03d}".encode(), {"x-index": str(i)}) for i in range(40)
+    ]
+
+    sender.send_many(batch)
+
+    inbox_a, inbox_b = Inbox(ack=True), Inbox(ack=True)
+    receiver.subscribe(first, inbox_a, prefetch=50)
+    receiver.subscribe(second, inbox_b, prefetch=50)
+    got_a = inbox_a.wait_count(sum(1 for q, _, _ in batch if q == first))
+    got_b = inbox_b.wait_count(sum(1 for q, _, _ in batch if q == second))
+    assert [d.body for d in got_a] == [b for q, b, _ in batch if q == first]
+    assert [d.body for d in got_b] == [b for q, b, _ in batch if q == second]
+    assert all(d.headers["x-index"] == d.body.decode()[1:].lstrip("0") or d.body == b"m000"
+               for d in got_a + got_b)  # fmt: skip
+
+
+def test_send_many_on_a_closed_connection_confirms_none(connect: Connect) -> None:
+    broker = connect()
+    broker.close()
+
+    with pytest.raises(PartialSend) as raised:
+        broker.send_many([(unique_queue("closed-many"), b"late", None)] * 3)
+    assert raised.value.confirmed == 0
 
 
 # -- the real broker only -------------------------------------------------------------------

@@ -18,6 +18,7 @@ from workbench.errors import EngineError
 from workbench.spoke_service.run_local import case_from_folder
 from workbench.spoke_service.runner import CaseRunner
 from workbench.spoke_service.sandbox import Limits
+from workbench.spoke_service.staging import DicomCache
 
 
 def write(text: str | bytes, name: str = "output.json") -> Callable[[Path], None]:
@@ -128,3 +129,63 @@ def test_invalid_declared_schema_is_an_engine_error(tmp_path: Path, case) -> Non
     engine = FakeEngine(nothing, labels={LABEL_OUTPUT_SCHEMA: '{"type": 12}'})
     with pytest.raises(EngineError, match="invalid"):
         run(tmp_path, case, engine)
+
+
+# -- the shared DICOM tree (DicomCache) ------------------------------------------------------
+
+
+def cached_runner(tmp_path: Path, engine: FakeEngine) -> CaseRunner:
+    cache = DicomCache(tmp_path / "cache")
+    return CaseRunner(engine, tmp_path / "work", tmp_path / "logs", dicom_cache=cache)
+
+
+def test_runs_of_one_case_share_one_linked_tree_that_outlives_them(tmp_path: Path, case) -> None:
+    engine = FakeEngine(write('{"score": 0.5}'))
+    runner = cached_runner(tmp_path, engine)
+    first = runner.run(case, "algo", {}, Limits())
+    second = runner.run(case, "algo", {}, Limits())
+
+    assert first.ok and second.ok
+    assert engine.specs[0].dicom_dir == engine.specs[1].dicom_dir
+    tree = Path(engine.specs[0].dicom_dir)
+    assert tree.parent == tmp_path / "cache"
+    key = case.series[0].series_key
+    assert engine.seen_dicom == [f"{key}/000001.dcm", f"{key}/000002.dcm", f"{key}/000003.dcm"]
+    sources = {os.stat(p).st_ino for s in case.series for p in s.paths}
+    assert {p.stat().st_ino for p in tree.rglob("*.dcm")} == sources  # links, not copies
+    assert list((tmp_path / "work").iterdir()) == []  # each run's own folder is gone
+    assert tree.is_dir()  # the shared tree is not
+
+
+def test_a_file_changed_after_indexing_gets_a_new_tree_never_the_stale_one(
+    tmp_path: Path, case
+) -> None:
+    engine = FakeEngine(write('{"score": 0.5}'))
+    runner = cached_runner(tmp_path, engine)
+    runner.run(case, "algo", {}, Limits())
+    changed = Path(case.series[0].paths[0])
+    data = changed.read_bytes()
+    changed.unlink()
+    changed.write_bytes(data)  # the same path, a new file (a new inode)
+
+    runner.run(case, "algo", {}, Limits())
+
+    old, new = (Path(spec.dicom_dir) for spec in engine.specs)
+    assert old != new
+    assert (new / case.series[0].series_key / "000001.dcm").stat().st_ino == changed.stat().st_ino
+
+
+def test_the_tree_name_says_nothing_about_the_patient(tmp_path: Path, case) -> None:
+    engine = FakeEngine(write('{"score": 0.5}'))
+    cached_runner(tmp_path, engine).run(case, "algo", {}, Limits())
+    name = Path(engine.specs[0].dicom_dir).name
+    assert len(name) == 40 and all(c in "0123456789abcdef" for c in name)
+
+
+def test_evict_removes_trees_unused_for_long_enough(tmp_path: Path, case) -> None:
+    cache = DicomCache(tmp_path / "cache")
+    tree = cache.tree(case)
+    assert cache.evict(3600) == 0 and tree.is_dir()
+    os.utime(tree, (0, 0))
+    assert cache.evict(3600) == 1 and not tree.exists()
+    assert cache.tree(case) == tree and tree.is_dir()  # laid out again on demand

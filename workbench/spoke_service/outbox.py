@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from workbench.spoke_service.state import SpokeState
-from workbench.transport.base import Broker, TransportError
+from workbench.transport.base import Broker, PartialSend, TransportError
 from workbench.trust.wire import WireSigner
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,16 @@ class OutboxSender:
                 continue
             confirmed: list[int] = []
             try:
-                for item in batch:
-                    if self._stop.is_set():
-                        break
-                    # Signed as sent: Ed25519 is deterministic, so a resend is the same message.
-                    self._broker.send(item.destination, item.body, self._signer.headers(item.body))
-                    confirmed.append(item.seq)
+                # Signed as sent: Ed25519 is deterministic, so a resend is the same message.
+                # Pipelined: one wait for the broker's receipts, not one per message.
+                self._broker.send_many(
+                    [(i.destination, i.body, self._signer.headers(i.body)) for i in batch]
+                )
+                confirmed = [item.seq for item in batch]
                 backoff = _BACKOFF_MIN_S
             except TransportError as e:
+                if isinstance(e, PartialSend):
+                    confirmed = [item.seq for item in batch[: e.confirmed]]
                 log.warning("outbox: broker unavailable (%s); retrying in %.1f s", e, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)

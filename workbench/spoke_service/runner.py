@@ -29,7 +29,7 @@ from workbench.errors import EngineError
 from workbench.spoke_service.engine import ContainerEngine, ContainerOutcome, ImageInfo
 from workbench.spoke_service.output_folder import folder_bytes, read_output
 from workbench.spoke_service.sandbox import MANAGED_LABEL, RUN_LABEL, Limits, SandboxSpec
-from workbench.spoke_service.staging import Staging
+from workbench.spoke_service.staging import DicomCache, Staging
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class CaseRunner:
         background_cleanup: remove staged files on a thread after the verdict (call
             ``close()`` before exiting); otherwise before ``run`` returns.
         labels: extra container labels (a spoke adds its id, to find its orphans later).
+        dicom_cache: lay out each participant's DICOM once for all its runs (a spoke's).
     """
 
     def __init__(
@@ -73,8 +74,10 @@ class CaseRunner:
         log_dir: Path,
         background_cleanup: bool = False,
         labels: dict[str, str] | None = None,
+        dicom_cache: DicomCache | None = None,
     ) -> None:
         self._engine = engine
+        self._dicom_cache = dicom_cache
         self._labels = dict(labels or {})
         self._work_dir = Path(work_dir)
         self._log_dir = Path(log_dir)
@@ -114,7 +117,7 @@ class CaseRunner:
         info = self._engine.image(image)
         schema = _declared_schema(info)
         self._work_dir.mkdir(parents=True, exist_ok=True)
-        staged = Staging(self._work_dir, case, limits.output_bytes).__enter__()
+        staged = Staging(self._work_dir, case, limits.output_bytes, self._dicom_cache).__enter__()
         try:
             spec = SandboxSpec(
                 image=info.id,

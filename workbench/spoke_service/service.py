@@ -56,10 +56,10 @@ from workbench.spoke_service.reference import SiteReference
 from workbench.spoke_service.release_gate import ReleaseGate
 from workbench.spoke_service.runner import CaseRunner, RunResult
 from workbench.spoke_service.sandbox import EXPERIMENT_LABEL, SPOKE_LABEL, Limits
-from workbench.spoke_service.staging import Staging
+from workbench.spoke_service.staging import DicomCache, Staging
 from workbench.spoke_service.state import CaseRow, SpokeState
 from workbench.transport.base import Broker, Delivery, Subscription
-from workbench.trust.audit import AuditLog
+from workbench.trust.audit import AuditLog, ChainHead
 from workbench.trust.canonical import canonical_json
 from workbench.trust.image_signature import verify_image_signature
 from workbench.trust.keys import TrustStore, load_private_key, new_key_pair
@@ -104,9 +104,11 @@ class Spoke:
         self.state = SpokeState(config.state_path)
         self.catalog = Catalog.open(config.catalog_path)
         self._pseudonymizer = Pseudonymizer(_secret(config))
+        self._dicom_cache = DicomCache(config.state_dir / "dicom-cache")
         self._runner = CaseRunner(
             engine, config.state_dir / "work", config.state_dir / "logs",
             background_cleanup=True, labels={SPOKE_LABEL: config.spoke_id},
+            dicom_cache=self._dicom_cache,
         )  # fmt: skip
         self._cases: OrderedDict[str, tuple[Case, list[InstanceHeader]]] = OrderedDict()
         self._trust = (
@@ -141,6 +143,7 @@ class Spoke:
         orphans = self._engine.remove_containers({SPOKE_LABEL: self.config.spoke_id})
         if orphans:
             log.warning("removed %d containers left running by the last shutdown", orphans)
+        self._dicom_cache.evict(0)  # no container runs yet: laid out again as runs need them
         swept = Staging.sweep(self.config.state_dir / "work")
         if swept:
             log.warning("removed %d staged runs left by the last shutdown", swept)
@@ -537,8 +540,9 @@ class Spoke:
     ) -> m.CaseResult:
         assert result.output is not None and result.output_bytes is not None
         output_sha256 = hashlib.sha256(result.output_bytes).hexdigest()
-        # The chain of custody: the result names the audit entry that records it.
-        self.audit.append("result.released", {
+        # The chain of custody: the result names the audit entry that records it (that
+        # entry's own seq and hash: other threads append too, so not the head a moment later).
+        entry = self.audit.append("result.released", {
             "experiment_id": case.experiment_id, "participant_id": case.participant_id,
             "algorithm": case.algorithm, "attempt": case.attempt,
             "manifest_hash": order.manifest_hash, "image_digest": image_id,
@@ -556,7 +560,7 @@ class Spoke:
             output_sha256=output_sha256,
             reference=self._reference.for_patient(case.patient_id, order.manifest.reference_fields),
             seconds=round(result.seconds, 3),
-            audit_head=str(self.audit.head()),
+            audit_head=str(ChainHead(entry["seq"], entry["hash"])),
         )
 
     def _status(self, case: CaseRow, state: str, error: Error | None = None) -> tuple[str, bytes]:

@@ -5,6 +5,9 @@ against ``InMemoryBroker`` and against ``StompBroker`` on a real ActiveMQ):
 
 - ``send`` is persistent and returns only once the broker has confirmed it (a STOMP
   receipt); it raises ``TransportError`` if that confirmation does not come.
+- ``send_many`` sends several messages the same way, in order, as one unit (a STOMP
+  transaction on ActiveMQ); it returns once all are confirmed, or raises ``PartialSend``
+  saying how many of the first ones were (none, for a transaction).
 - A subscription delivers each message to ``handler`` on the broker's own thread, at most
   ``prefetch`` unacknowledged at a time. The handler calls ``delivery.ack()`` when, and only
   when, the message's effect is durable; an unacknowledged message is delivered again after
@@ -16,7 +19,7 @@ against ``InMemoryBroker`` and against ``StompBroker`` on a real ActiveMQ):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +30,18 @@ DEAD_LETTER_QUEUE = "/queue/ActiveMQ.DLQ"
 
 class TransportError(WorkbenchError):
     """The broker is unreachable, refused a frame, or did not confirm a send."""
+
+
+class PartialSend(TransportError):
+    """``send_many`` stopped: only the first ``confirmed`` messages are known to be kept."""
+
+    def __init__(self, message: str, confirmed: int) -> None:
+        super().__init__(message)
+        self.confirmed = confirmed
+
+
+Outgoing = tuple[str, bytes, dict[str, str] | None]
+"""A message to send: destination, body, extra headers."""
 
 
 @dataclass
@@ -66,6 +81,13 @@ class Broker(Protocol):
 
     def send(self, destination: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         """Send persistently; return once the broker confirmed receipt."""
+        ...
+
+    def send_many(self, messages: Sequence[Outgoing]) -> None:
+        """Send each persistently, in order, as one unit; return once all are confirmed.
+
+        Raises ``PartialSend`` with how many of the first messages were confirmed.
+        """
         ...
 
     def subscribe(self, destination: str, handler: Handler, prefetch: int = 1) -> Subscription:

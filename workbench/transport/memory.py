@@ -13,9 +13,17 @@ import itertools
 import logging
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from workbench.transport.base import DEAD_LETTER_QUEUE, Delivery, Handler, TransportError
+from workbench.transport.base import (
+    DEAD_LETTER_QUEUE,
+    Delivery,
+    Handler,
+    Outgoing,
+    PartialSend,
+    TransportError,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -93,6 +101,14 @@ class InMemoryConnection:
         message_id = f"mem-{next(self._server._ids)}"
         self._server._put(destination, _Stored(message_id, bytes(body), dict(headers or {})))
         self._server.sent += 1
+
+    def send_many(self, messages: Sequence[Outgoing]) -> None:
+        """Queue each message in order."""
+        for done, (destination, body, headers) in enumerate(messages):
+            try:
+                self.send(destination, body, headers)
+            except TransportError as e:
+                raise PartialSend(str(e), done) from e
 
     def subscribe(self, destination: str, handler: Handler, prefetch: int = 1) -> _Sub:
         """Deliver ``destination``'s messages to ``handler`` on this connection's thread."""

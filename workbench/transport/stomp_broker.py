@@ -4,6 +4,8 @@ What it adds to a bare ``stomp.Connection12`` (DESIGN.md section 9 says why each
 
 - every SEND is ``persistent:true`` and carries a ``receipt``; ``send`` returns only when the
   RECEIPT arrives and raises ``TransportError`` when it does not come in ``send_timeout``;
+  ``send_many`` sends a batch in one transaction, confirmed by the COMMIT's receipt: one
+  journal sync for the batch instead of one per message (~2.5 ms each here);
 - ``TCP_NODELAY`` on the socket (a request/reply round trip on loopback takes ~44 ms
   without it, ~0.4 ms with it);
 - subscriptions use ``ack:client-individual`` and ``activemq.prefetchSize``; ACK and NACK are
@@ -46,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.errors import ConfigError
-from workbench.transport.base import Handler, TransportError
+from workbench.transport.base import Handler, Outgoing, PartialSend, TransportError
 from workbench.transport.stomp_connection import (
     IO_ERRORS,
     AttemptFailed,
@@ -207,6 +209,52 @@ class StompBroker:
                     f"no receipt from the broker for a message to {destination} "
                     f"within {self._send_timeout:g} s"
                 )
+
+    def send_many(self, messages: Sequence[Outgoing]) -> None:
+        """Send each persistently, in order, in one STOMP transaction; return once committed.
+
+        ActiveMQ writes a transaction's messages to its journal together at COMMIT, with one
+        disk sync, and dispatches none of them before: a batch costs about one persistent
+        send's wait (~2.5 ms here) instead of one per message. Nothing is retried here: on a
+        lost connection, an ERROR frame or a missing receipt, ``PartialSend`` says none was
+        confirmed (an uncommitted transaction is rolled back) and the caller sends them all
+        again; the receivers deduplicate a batch that was in fact committed.
+
+        Raises:
+            PartialSend: the transaction was not confirmed within ``send_timeout``.
+        """
+        if len(messages) <= 1:
+            for destination, body, headers in messages:
+                try:
+                    self.send(destination, body, headers)
+                except TransportError as e:
+                    raise PartialSend(str(e), 0) from e
+            return
+        deadline = time.monotonic() + self._send_timeout
+        try:
+            conn, generation = self._wait_connected(deadline, f"send {len(messages)} messages")
+        except TransportError as e:
+            raise PartialSend(str(e), 0) from e
+        transaction = uuid.uuid4().hex
+        receipt = uuid.uuid4().hex
+        waiter = self._expect(receipt, generation)
+        try:
+            conn.begin(transaction=transaction)
+            for destination, body, headers in messages:
+                extra = {k: str(v) for k, v in (headers or {}).items() if k not in _RESERVED}
+                frame_headers = {**extra, "persistent": "true", "transaction": transaction}
+                conn.send(destination, bytes(body), headers=frame_headers)
+            conn.commit(transaction=transaction, headers={"receipt": receipt})
+        except IO_ERRORS as e:
+            _LOG.info("a batch of sends failed (%s): it goes again after reconnection", e)
+            self._lost(generation, force=conn)
+        waiter.event.wait(max(0.0, deadline - time.monotonic()))
+        self._drop(receipt)
+        if waiter.outcome != "receipt":
+            problem = waiter.message or waiter.outcome or "no receipt"
+            raise PartialSend(
+                f"a transaction of {len(messages)} messages was not confirmed ({problem})", 0
+            )
 
     def subscribe(self, destination: str, handler: Handler, prefetch: int = 1) -> _Sub:
         """Deliver ``destination``'s messages to ``handler`` (client-individual acks).
