@@ -206,3 +206,23 @@ def test_deadline_and_skew_through_the_api_and_the_command_line(
     assert hub.store.result_count(experiment_id) == 0
     (spoke_row,) = [s for s in HubClient(hub.url).spokes() if s["spoke_id"] == "site-01"]
     assert spoke_row["clock_skew_s"] == -3600.0
+
+
+def test_a_result_received_after_the_experiment_was_cancelled_is_refused(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    status = world.launch()
+    ingestor = Ingestor(world.store)
+    settled = Settled()
+    ingestor.handle(settled.delivery(result(status, "p-1", {"x": 1.0}), "before"))
+    ingestor.flush()  # the facts are cached now: the cancel must refresh them
+
+    world.experiments.cancel(status.experiment_id)
+    ingestor.handle(settled.delivery(result(status, "p-2", {"x": 2.0}), "after"))
+    ingestor.flush()
+
+    assert settled.of("ack") == ["before"]
+    assert settled.of("reject") == ["after"]
+    assert world.store.result_count(status.experiment_id) == 1
+    (refused,) = world.store.rejections()
+    assert refused.code == "experiment_cancelled"
+    assert world.experiments.status(status.experiment_id).rejections == {"experiment_cancelled": 1}

@@ -32,6 +32,8 @@ transaction committed. The codes (``CODES``)::
                       manifest or pinned image
     after_deadline    a result the hub received (its own clock: ``received_at``) after the
                       experiment's deadline; the spoke's clock is never consulted
+    experiment_cancelled  a result the hub received after the experiment was cancelled
+                      (statuses still count: a spoke reports its cases ``cancelled``)
     store_refused     the database refused the message's values
 """
 
@@ -77,6 +79,7 @@ CODES = {
     "manifest_mismatch": "computed under another manifest than the experiment's",
     "image_mismatch": "computed with another image than the experiment pinned",
     "after_deadline": "a result received after the experiment's deadline (hub clock)",
+    "experiment_cancelled": "a result received after the experiment was cancelled",
     "store_refused": "the database refused the message's values",
 }
 
@@ -128,12 +131,16 @@ class Outcome:
 
 @dataclass(frozen=True)
 class ExperimentFacts:
-    """What checking a message against its experiment needs (immutable once launched)."""
+    """What checking a message against its experiment needs.
+
+    Fixed at launch, except ``cancelled_at``, which the store refreshes when it cancels.
+    """
 
     manifest_hash: str
     spokes: frozenset[str]
     digests: dict[str, str]
     deadline: datetime | None = None
+    cancelled_at: datetime | None = None
 
 
 @dataclass
@@ -234,6 +241,9 @@ def _check(
             return "manifest_mismatch", "manifest hash mismatch"
         if message.image_digest != digest:
             return "image_mismatch", "image digest mismatch"
+        if facts.cancelled_at is not None and item.received_at >= facts.cancelled_at:
+            when = facts.cancelled_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            return "experiment_cancelled", f"received after the experiment was cancelled at {when}"
         if facts.deadline is not None and item.received_at > facts.deadline:
             when = facts.deadline.strftime("%Y-%m-%dT%H:%M:%SZ")
             return "after_deadline", f"received after the deadline {when} (hub clock)"

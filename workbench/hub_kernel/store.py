@@ -234,7 +234,9 @@ class ResultsStore(Database):
         if facts is not None:
             return facts
         e = t.experiments.c
-        row = conn.execute(select(e.manifest, e.manifest_hash).where(e.id == experiment_id)).first()
+        row = conn.execute(
+            select(e.manifest, e.manifest_hash, e.cancelled_at).where(e.id == experiment_id)
+        ).first()
         if row is None:
             return None
         manifest = Manifest.model_validate(row.manifest)
@@ -243,6 +245,7 @@ class ResultsStore(Database):
             spokes=frozenset(manifest.spokes),
             digests={a.name: a.digest for a in manifest.algorithms},
             deadline=parse_utc(manifest.deadline) if manifest.deadline else None,
+            cancelled_at=row.cancelled_at,
         )
         with self._lock:
             self._facts[experiment_id] = facts
@@ -305,12 +308,16 @@ class ResultsStore(Database):
                 .where(e.id == experiment_id, e.cancelled_at.is_(None))
                 .values(state="cancelled", cancelled_at=t.utcnow())
             )
-            owed = conn.scalars(
-                select(x.spoke_id)
-                .where(x.experiment_id == experiment_id, x.cancel_sent_at.is_(None))
-                .order_by(x.spoke_id)
+            owed = list(
+                conn.scalars(
+                    select(x.spoke_id)
+                    .where(x.experiment_id == experiment_id, x.cancel_sent_at.is_(None))
+                    .order_by(x.spoke_id)
+                )
             )
-            return list(owed)
+        with self._lock:
+            self._facts.pop(experiment_id, None)  # read again, with its cancelled_at
+        return owed
 
     # -- progress and results --------------------------------------------------------------
 
