@@ -39,6 +39,7 @@ transaction committed. The codes (``CODES``)::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,11 +57,13 @@ from workbench.core.messages import (
     ParticipantManifest,
     SpokeHeartbeat,
 )
+from workbench.hub_kernel import bulk
 from workbench.hub_kernel import tables as t
 
 RANK = {"queued": 0, "running": 1, "cancelled": 2, "failed": 3, "done": 4}
 _CASE_KEY = ("experiment_id", "spoke_id", "participant_id", "algorithm")
 _RESULT_KEY = (*_CASE_KEY, "attempt")
+_NEWER_COLUMNS = ("attempt", "state", "rank", "error_code", "updated_at")
 _MAX_SEQ = 2**62
 _ID_CHUNK = 500
 
@@ -412,12 +415,32 @@ def _dialect_insert(conn: Connection) -> Any:
     return None
 
 
+@functools.cache
+def _insert_ignore_statement(dialect_insert: Any, table: Table, key: tuple[str, ...]) -> Any:
+    """``INSERT ... ON CONFLICT (key) DO NOTHING``, built once (``bulk`` caches it compiled)."""
+    return dialect_insert(table).on_conflict_do_nothing(index_elements=key)
+
+
+@functools.cache
+def _upsert_cases_statement(dialect_insert: Any) -> Any:
+    """A case's state: a higher attempt, or a later state of the same attempt, wins."""
+    table = t.case_statuses
+    stmt = dialect_insert(table)
+    new = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=_CASE_KEY,
+        set_={c: new[c] for c in _NEWER_COLUMNS},
+        where=(table.c.attempt < new.attempt)
+        | ((table.c.attempt == new.attempt) & (table.c.rank < new.rank)),
+    )
+
+
 def _insert_ignore(
     conn: Connection, table: Table, rows: list[dict[str, Any]], key: tuple[str, ...]
 ) -> None:
     dialect_insert = _dialect_insert(conn)
     if dialect_insert is not None:
-        conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=key), rows)
+        bulk.executemany(conn, _insert_ignore_statement(dialect_insert, table, key), table, rows)
         return
     for row in rows:  # other databases: the unique constraint, one savepoint per row
         try:
@@ -429,18 +452,9 @@ def _insert_ignore(
 
 def _upsert_cases(conn: Connection, rows: list[dict[str, Any]]) -> None:
     table = t.case_statuses
-    newer_columns = ("attempt", "state", "rank", "error_code", "updated_at")
     dialect_insert = _dialect_insert(conn)
     if dialect_insert is not None:
-        stmt = dialect_insert(table)
-        new = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
-            index_elements=_CASE_KEY,
-            set_={c: new[c] for c in newer_columns},
-            where=(table.c.attempt < new.attempt)
-            | ((table.c.attempt == new.attempt) & (table.c.rank < new.rank)),
-        )
-        conn.execute(stmt, rows)
+        bulk.executemany(conn, _upsert_cases_statement(dialect_insert), table, rows)
         return
     for row in rows:
         where = [table.c[k] == row[k] for k in _CASE_KEY]
@@ -448,4 +462,4 @@ def _upsert_cases(conn: Connection, rows: list[dict[str, Any]]) -> None:
         if old is None:
             conn.execute(insert(table).values(row))
         elif (row["attempt"], row["rank"]) > (old.attempt, old.rank):
-            conn.execute(update(table).where(*where).values({c: row[c] for c in newer_columns}))
+            conn.execute(update(table).where(*where).values({c: row[c] for c in _NEWER_COLUMNS}))
