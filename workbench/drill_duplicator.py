@@ -77,7 +77,7 @@ class Duplicator:
         """
         frames: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
         listener = Listener(
-            1, tcp_nodelay=True, inbox=frames, receipt=lambda *_: None, lost=lambda _: None
+            1, tcp_nodelay=True, inbox=frames.put, receipt=lambda *_: None, lost=lambda _: None
         )
         try:
             conn = open_connection(

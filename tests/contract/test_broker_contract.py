@@ -317,3 +317,33 @@ def test_clients_reconnect_resubscribe_and_get_unacknowledged_work_back_after_a_
     finally:
         sender.close()
         consumer.close()
+
+
+def test_a_direct_subscription_delivers_in_order_and_acks(connect: Connect) -> None:
+    import threading
+
+    queue = unique_queue("direct")
+    sender, receiver = connect(), connect()
+    threads: set[str] = set()
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def handler(delivery: Delivery) -> None:
+        threads.add(threading.current_thread().name)
+        got.append(delivery.body)
+        delivery.ack()
+        if len(got) == 30:
+            done.set()
+
+    receiver.subscribe(queue, handler, prefetch=5, direct=True)
+    sender.send_many([(queue, f"m{i:02d}".encode(), None) for i in range(30)])
+
+    assert done.wait(20)
+    assert got == [f"m{i:02d}".encode() for i in range(30)]
+    assert "stomp-dispatch" not in threads  # StompBroker: on the receiver thread itself
+    receiver.close()
+    later = Inbox(ack=True)
+    connect().subscribe(queue, later)
+    sender.send(queue, b"marker")
+    later.wait_body(b"marker")
+    assert later.bodies == [b"marker"]  # every one of the 30 was acknowledged

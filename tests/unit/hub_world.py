@@ -152,7 +152,9 @@ class RecordingBroker:
         self.inner.send(destination, body, headers)
         self.sent.append(Sent(destination, body, dict(headers or {})))
 
-    def subscribe(self, destination: str, handler: Handler, prefetch: int = 1) -> Subscription:
+    def subscribe(
+        self, destination: str, handler: Handler, prefetch: int = 1, direct: bool = False
+    ) -> Subscription:
         return self.inner.subscribe(destination, handler, prefetch)
 
     def close(self) -> None:

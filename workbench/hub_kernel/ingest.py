@@ -40,7 +40,7 @@ from workbench.errors import SignatureError, StoreError
 from workbench.hub_kernel.audit_trail import AuditTrail
 from workbench.hub_kernel.effects import Inbound, Outcome
 from workbench.hub_kernel.tables import utcnow
-from workbench.transport.base import Delivery
+from workbench.transport.base import Delivery, settle_all
 from workbench.trust.keys import TrustStore
 from workbench.trust.signing import verify_bytes
 from workbench.trust.wire import signature_of
@@ -229,22 +229,27 @@ class Ingestor:
         self._backoff = min(self._backoff * 2, _BACKOFF_MAX_S)
 
     def _settle(self, batch: list[tuple[Delivery, Inbound]], outcomes: list[Outcome]) -> None:
-        self.stats.batches += 1
+        """Acknowledge the accepted and reject the refused, in one write to the broker."""
+        decisions = []
+        replayed = accepted = rejected = 0
         for (delivery, item), outcome in zip(batch, outcomes, strict=True):
-            try:
-                if outcome.accepted and outcome.recorded:  # a replay: harmless, recorded
-                    log.info("replayed message %s acknowledged", item.message_id)
-                    delivery.ack()
-                    self.stats.replayed += 1
-                elif outcome.accepted:
-                    delivery.ack()
-                    self.stats.accepted += 1
-                else:
-                    log.warning("rejected message %s: %s", item.message_id, outcome.reason)
-                    delivery.reject()
-                    self.stats.rejected += 1
-            except Exception:  # the broker went away: it redelivers, the write is idempotent
-                log.exception("cannot settle message %s with the broker", item.message_id)
+            if outcome.accepted and outcome.recorded:  # a replay: harmless, recorded
+                log.info("replayed message %s acknowledged", item.message_id)
+                replayed += 1
+            elif outcome.accepted:
+                accepted += 1
+            else:
+                log.warning("rejected message %s: %s", item.message_id, outcome.reason)
+                rejected += 1
+            decisions.append((delivery, outcome.accepted))
+        try:
+            settle_all(decisions)
+        except Exception:  # the broker went away: it redelivers, the write is idempotent
+            log.exception("cannot settle %d messages with the broker", len(decisions))
+        self.stats.batches += 1
+        self.stats.replayed += replayed
+        self.stats.rejected += rejected
+        self.stats.accepted += accepted  # last: watchers wait for this count
 
     def _due(self) -> bool:
         now = time.monotonic()

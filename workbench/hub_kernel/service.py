@@ -303,8 +303,9 @@ class Hub:
         self.audit.record("hub.started", self._trust_facts())
         self._server = ApiServer(self.app, self._host, self._port)
         self.ingestor.start()
+        # handle() only notes the time and queues: it may run on the receiving thread.
         self._subscription = self.broker.subscribe(
-            HUB_INBOX, self.ingestor.handle, prefetch=self._prefetch
+            HUB_INBOX, self.ingestor.handle, prefetch=self._prefetch, direct=True
         )
         self._stop.clear()
         self._redispatcher = threading.Thread(

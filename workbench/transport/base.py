@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from workbench.errors import WorkbenchError
 
@@ -55,6 +55,10 @@ class Delivery:
     redelivered: bool = False
     _ack: Callable[[], None] = field(default=lambda: None, repr=False)
     _reject: Callable[[], None] = field(default=lambda: None, repr=False)
+    # A broker that can settle many deliveries at once (one write) sets both: its batch
+    # function, and what it needs to know of this delivery. See ``settle_all``.
+    _settle_batch: SettleBatch | None = field(default=None, repr=False, compare=False)
+    _token: Any = field(default=None, repr=False, compare=False)
 
     def ack(self) -> None:
         """The message's effect is durable: the broker may forget it."""
@@ -66,6 +70,24 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], None]
+SettleBatch = Callable[[Sequence[tuple["Delivery", bool]]], None]
+
+
+def settle_all(decisions: Sequence[tuple[Delivery, bool]]) -> None:
+    """Acknowledge (``True``) or reject (``False``) each delivery, in one go where possible.
+
+    Deliveries of a broker that settles in batches (``StompBroker``: every ACK and NACK in
+    one socket write instead of one each) go to it together; others one by one. As for
+    ``ack``/``reject``, a delivery already settled is left alone.
+    """
+    batches: dict[SettleBatch, list[tuple[Delivery, bool]]] = {}
+    for delivery, accept in decisions:
+        if delivery._settle_batch is None:
+            delivery.ack() if accept else delivery.reject()
+        else:
+            batches.setdefault(delivery._settle_batch, []).append((delivery, accept))
+    for settle, batch in batches.items():
+        settle(batch)
 
 
 class Subscription(Protocol):
@@ -90,8 +112,14 @@ class Broker(Protocol):
         """
         ...
 
-    def subscribe(self, destination: str, handler: Handler, prefetch: int = 1) -> Subscription:
-        """Deliver messages from ``destination`` to ``handler`` (client-individual acks)."""
+    def subscribe(
+        self, destination: str, handler: Handler, prefetch: int = 1, direct: bool = False
+    ) -> Subscription:
+        """Deliver messages from ``destination`` to ``handler`` (client-individual acks).
+
+        ``direct``: ``handler`` neither blocks nor sends, so it may run on the thread that
+        reads the connection (a thread switch less per message, where that applies).
+        """
         ...
 
     def close(self) -> None:

@@ -110,8 +110,13 @@ class InMemoryConnection:
             except TransportError as e:
                 raise PartialSend(str(e), done) from e
 
-    def subscribe(self, destination: str, handler: Handler, prefetch: int = 1) -> _Sub:
-        """Deliver ``destination``'s messages to ``handler`` on this connection's thread."""
+    def subscribe(
+        self, destination: str, handler: Handler, prefetch: int = 1, direct: bool = False
+    ) -> _Sub:
+        """Deliver ``destination``'s messages to ``handler`` on this connection's thread.
+
+        ``direct`` changes nothing here: there is no receiver thread to run it on.
+        """
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         sub = _Sub(self, destination, handler, prefetch)

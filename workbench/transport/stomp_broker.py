@@ -47,8 +47,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stomp import utils as stomp_utils
+
 from workbench.errors import ConfigError
-from workbench.transport.base import Handler, Outgoing, PartialSend, TransportError
+from workbench.transport.base import Delivery, Handler, Outgoing, PartialSend, TransportError
 from workbench.transport.stomp_connection import (
     IO_ERRORS,
     AttemptFailed,
@@ -60,7 +62,7 @@ from workbench.transport.stomp_connection import (
     parse_url,
     uses_tls,
 )
-from workbench.transport.stomp_delivery import dispatch
+from workbench.transport.stomp_delivery import Settle, deliver, dispatch
 
 __all__ = ["ClientTls", "StompBroker", "parse_url"]
 
@@ -77,6 +79,7 @@ class _Sub:
     destination: str
     handler: Handler
     prefetch: int
+    direct: bool = False
     active: bool = True
     subscribed_on: int = 0  # the connection generation that has our SUBSCRIBE
 
@@ -145,7 +148,7 @@ class StompBroker:
         self._inbox: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
         self._connect_until(time.monotonic() + connect_timeout, initial=True)
         self._dispatcher = threading.Thread(
-            target=dispatch, args=(self._inbox, self._route, self._settle),
+            target=dispatch, args=(self._inbox, self._route, self._settle, self._settle_batch),
             name="stomp-dispatch", daemon=True,
         )  # fmt: skip
         self._supervisor = threading.Thread(
@@ -256,18 +259,23 @@ class StompBroker:
                 f"a transaction of {len(messages)} messages was not confirmed ({problem})", 0
             )
 
-    def subscribe(self, destination: str, handler: Handler, prefetch: int = 1) -> _Sub:
+    def subscribe(
+        self, destination: str, handler: Handler, prefetch: int = 1, direct: bool = False
+    ) -> _Sub:
         """Deliver ``destination``'s messages to ``handler`` (client-individual acks).
 
         Returns once the broker confirmed the subscription. At most ``prefetch`` messages
-        are delivered and not yet acknowledged at any time.
+        are delivered and not yet acknowledged at any time. ``direct`` calls ``handler`` on
+        stomp.py's receiver thread instead of the dispatcher thread, saving a thread switch
+        per message: only for a handler that neither blocks nor sends (it would hold up
+        every frame behind it, receipts included).
         """
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         with self._lock:
             if self._closed:
                 raise TransportError("the connection is closed")
-            sub = _Sub(self, str(next(self._sub_ids)), destination, handler, prefetch)
+            sub = _Sub(self, str(next(self._sub_ids)), destination, handler, prefetch, direct)
             self._subs[sub.id] = sub
         deadline = time.monotonic() + self._send_timeout
         try:
@@ -334,7 +342,7 @@ class StompBroker:
         with self._lock:
             generation = self._generation + 1
         listener = Listener(
-            generation, tcp_nodelay=self._tcp_nodelay, inbox=self._inbox,
+            generation, tcp_nodelay=self._tcp_nodelay, inbox=self._receive,
             receipt=self._settle_waiter, lost=self._lost,
         )  # fmt: skip
         conn = open_connection(
@@ -460,12 +468,49 @@ class StompBroker:
 
     # -- deliveries --------------------------------------------------------------------------
 
+    def _receive(self, item: tuple[int, Any]) -> None:
+        """A MESSAGE on the receiver thread: to its direct handler now, else to the dispatcher."""
+        generation, frame = item
+        sub = self._subs.get(frame.headers.get("subscription", ""))
+        if sub is not None and sub.direct:
+            deliver(generation, frame, self._route, self._settle, self._settle_batch)
+        else:
+            self._inbox.put(item)
+
     def _route(self, generation: int, sub_id: str) -> _Sub | None:
         """The live subscription of a MESSAGE that came on connection ``generation``, or None."""
         with self._lock:
             sub = self._subs.get(sub_id)
             current = self._connected and generation == self._generation
         return None if sub is None or not sub.active or not current else sub
+
+    def _settle_batch(self, decisions: Sequence[tuple[Delivery, bool]]) -> None:
+        """ACK or NACK many deliveries in one socket write (``transport.base.settle_all``).
+
+        Built with stomp.py's own frame encoding; one write instead of one per frame saves
+        the hub ~10 µs of Python and the broker a network read per message.
+        """
+        with self._lock:
+            conn, generation = self._conn, self._generation
+            connected = self._connected
+        frames = []
+        for delivery, accept in decisions:
+            token = delivery._token
+            if not isinstance(token, Settle) or token.done:
+                continue
+            token.done = True
+            if not connected or token.generation != generation or not token.sub.active:
+                continue  # the connection or subscription ended: the message comes back
+            verb = "ACK" if accept else "NACK"
+            frames.append(stomp_utils.pack(stomp_utils.convert_frame(
+                stomp_utils.Frame(verb, {"id": token.ack_id})
+            )))  # fmt: skip
+        if not frames:
+            return
+        try:
+            conn.transport.send(b"".join(frames))
+        except IO_ERRORS as e:
+            _LOG.warning("could not settle %d messages (%s): they will come again", len(frames), e)
 
     def _settle(self, generation: int, sub: _Sub, ack_id: str, verb: str) -> None:
         with self._lock:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import socket
 import ssl
 import threading
@@ -197,7 +196,8 @@ class Listener:
     Args:
         generation: the number of the connection this listener belongs to.
         tcp_nodelay: set ``TCP_NODELAY`` on the socket before CONNECT goes out.
-        inbox: where MESSAGE frames go, as ``(generation, frame)``, for the dispatcher.
+        inbox: called with each MESSAGE frame as ``(generation, frame)``, on the receiver
+            thread (``StompBroker`` routes it to a direct handler or its dispatcher).
         receipt: ``receipt(receipt_id, outcome, message)`` settles a waiter (RECEIPT, or an
             ERROR that names a receipt).
         lost: ``lost(generation)`` once the connection is closed.
@@ -208,7 +208,7 @@ class Listener:
         generation: int,
         *,
         tcp_nodelay: bool,
-        inbox: queue.SimpleQueue[tuple[int, Any] | None],
+        inbox: Callable[[tuple[int, Any]], None],
         receipt: Callable[[str, str, str], None],
         lost: Callable[[int], None],
     ) -> None:
@@ -231,7 +231,7 @@ class Listener:
         self.answered.set()
 
     def on_message(self, frame: Any) -> None:
-        self.inbox.put((self.generation, frame))
+        self.inbox((self.generation, frame))
 
     def on_receipt(self, frame: Any) -> None:
         self.receipt(frame.headers.get("receipt-id", ""), "receipt", "")

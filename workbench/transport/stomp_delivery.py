@@ -21,9 +21,9 @@ import queue
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from workbench.transport.base import Delivery, Handler
+from workbench.transport.base import Delivery, Handler, SettleBatch
 
-__all__ = ["Routed", "Settle", "dispatch"]
+__all__ = ["Routed", "Settle", "deliver", "dispatch"]
 
 # StompBroker's logger, as before this module was split from it: logging configured by that
 # name keeps covering handler failures.
@@ -31,10 +31,13 @@ _LOG = logging.getLogger("workbench.transport.stomp_broker")
 
 
 class Routed(Protocol):
-    """What the dispatcher needs of a subscription."""
+    """What the dispatcher needs of a subscription (read only)."""
 
-    destination: str
-    handler: Handler
+    @property
+    def destination(self) -> str: ...
+
+    @property
+    def handler(self) -> Handler: ...
 
 
 S = TypeVar("S", bound=Routed)
@@ -44,6 +47,7 @@ def dispatch(
     inbox: queue.SimpleQueue[tuple[int, Any] | None],
     find: Callable[[int, str], S | None],
     settle: Callable[[int, S, str, str], None],
+    settle_batch: SettleBatch | None = None,
 ) -> None:
     """Hand each ``(generation, frame)`` of ``inbox`` to its subscription's handler until None.
 
@@ -53,30 +57,48 @@ def dispatch(
             when it was cancelled or its connection is gone (the broker delivers it again).
         settle: ``settle(generation, subscription, ack_id, "ack" | "nack")`` sends the ACK or
             NACK of one delivery.
+        settle_batch: settles many deliveries at once (``transport.base.settle_all``); each
+            delivery's ``Settle`` is its token.
 
     A handler that raises is logged; its message stays unacknowledged.
     """
     while (item := inbox.get()) is not None:
-        generation, frame = item
-        sub = find(generation, frame.headers.get("subscription", ""))
-        if sub is None:
-            continue  # the broker delivers it again
-        settle_one = Settle(settle, generation, sub, frame.headers.get("ack", ""))
-        delivery = Delivery(
-            body=frame.body if isinstance(frame.body, bytes) else _bytes(frame.body),
-            destination=frame.headers.get("destination", sub.destination),
-            message_id=frame.headers.get("message-id", ""),
-            headers=dict(frame.headers),
-            redelivered=frame.headers.get("redelivered") == "true",
-            _ack=settle_one.ack,
-            _reject=settle_one.nack,
+        deliver(*item, find, settle, settle_batch)
+
+
+def deliver(
+    generation: int,
+    frame: Any,
+    find: Callable[[int, str], S | None],
+    settle: Callable[[int, S, str, str], None],
+    settle_batch: SettleBatch | None = None,
+) -> None:
+    """Hand one MESSAGE frame to its subscription's handler (``dispatch`` has the arguments).
+
+    Called by ``dispatch`` for ordinary subscriptions, and on the receiver thread itself
+    for a ``direct`` one.
+    """
+    sub = find(generation, frame.headers.get("subscription", ""))
+    if sub is None:
+        return  # the broker delivers it again
+    settle_one = Settle(settle, generation, sub, frame.headers.get("ack", ""))
+    delivery = Delivery(
+        body=frame.body if isinstance(frame.body, bytes) else _bytes(frame.body),
+        destination=frame.headers.get("destination", sub.destination),
+        message_id=frame.headers.get("message-id", ""),
+        headers=dict(frame.headers),
+        redelivered=frame.headers.get("redelivered") == "true",
+        _ack=settle_one.ack,
+        _reject=settle_one.nack,
+        _settle_batch=settle_batch,
+        _token=settle_one,
+    )
+    try:
+        sub.handler(delivery)
+    except Exception:
+        _LOG.exception(
+            "the handler for %s failed; the message stays unacknowledged", sub.destination
         )
-        try:
-            sub.handler(delivery)
-        except Exception:
-            _LOG.exception(
-                "the handler for %s failed; the message stays unacknowledged", sub.destination
-            )
 
 
 class Settle(Generic[S]):
