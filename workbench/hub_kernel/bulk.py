@@ -20,6 +20,7 @@ read back the same (``tests/unit/test_hub_bulk.py`` checks it column by column):
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -93,7 +94,13 @@ def _datetime(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         raise ValueError("naive datetimes are not stored: give a time zone")
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return _utc_text(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _utc_text(value: datetime) -> str:
+    # Cached: a result's row and its case's row carry the same time of receipt.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _json(value: Any) -> str:

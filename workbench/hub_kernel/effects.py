@@ -203,6 +203,11 @@ def _committed_results(conn: Connection, items: Sequence[Inbound]) -> set[tuple[
     found: set[tuple[str, str]] = set()
     for start in range(0, len(ids), _ID_CHUNK):
         chunk = ids[start : start + _ID_CHUNK]
+        if conn.dialect.name == "sqlite":  # the driver's own query: SQLAlchemy's costs more
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT message_id, spoke_id FROM results WHERE message_id IN ({marks})"
+            found.update((row[0], row[1]) for row in conn.exec_driver_sql(sql, tuple(chunk)))
+            continue
         rows = conn.execute(select(r.message_id, r.spoke_id).where(r.message_id.in_(chunk)))
         found.update((row.message_id, row.spoke_id) for row in rows)
     return found
