@@ -226,3 +226,31 @@ def test_a_result_received_after_the_experiment_was_cancelled_is_refused(tmp_pat
     (refused,) = world.store.rejections()
     assert refused.code == "experiment_cancelled"
     assert world.experiments.status(status.experiment_id).rejections == {"experiment_cancelled": 1}
+
+
+def test_a_case_whose_result_came_late_counts_as_failed_not_done(tmp_path: Path) -> None:
+    from hub_world import case_status
+
+    world = make_world(tmp_path)
+    status = world.launch(deadline="1h")
+    deadline = status.deadline
+    assert deadline is not None
+    before = Ingestor(world.store, clock=lambda: deadline - timedelta(seconds=1))
+    after = Ingestor(world.store, clock=lambda: deadline + timedelta(seconds=1))
+    settled = Settled()
+    # p-1 made it; its done status straggled in after the deadline. p-2 did not make it.
+    before.handle(settled.delivery(result(status, "p-1", {"x": 1.0}), "r1"))
+    before.flush()
+    for n, message in enumerate([
+        case_status(status, "p-1", "done"),
+        result(status, "p-2", {"x": 2.0}),
+        case_status(status, "p-2", "done"),
+    ]):  # fmt: skip
+        after.handle(settled.delivery(message, f"late-{n}"))
+    after.flush()
+
+    progress = next(
+        s for s in world.experiments.status(status.experiment_id).spokes if s.spoke_id == SPOKES[0]
+    )
+    assert (progress.done, progress.failed, progress.results) == (1, 1, 1)
+    assert progress.errors == {"DEADLINE_PASSED": 1}

@@ -184,7 +184,10 @@ def apply_batch(
             committed.add((message.id, message.spoke_id))
         if refused is None:
             assert message is not None
-            _collect(item, writes)
+            facts = None
+            if isinstance(message, CaseStatus):
+                facts = experiment(conn, message.experiment_id)
+            _collect(item, writes, facts)
             if isinstance(message, SpokeHeartbeat):
                 known.add(message.spoke_id)
             outcomes.append(Outcome(True))
@@ -268,7 +271,7 @@ def _head_seq(head: str) -> int | None:
     return int(seq)
 
 
-def _collect(item: Inbound, writes: _Writes) -> None:
+def _collect(item: Inbound, writes: _Writes, facts: ExperimentFacts | None = None) -> None:
     message, now = item.message, item.received_at
     if isinstance(message, SpokeHeartbeat):
         row = writes.spokes.setdefault(message.spoke_id, {})
@@ -296,7 +299,14 @@ def _collect(item: Inbound, writes: _Writes) -> None:
         }
     elif isinstance(message, CaseStatus):
         error = message.error.code.value if message.error is not None else None
-        writes.case(_case_row(message, message.state, error, now))
+        state = message.state
+        late = facts is not None and facts.deadline is not None and now > facts.deadline
+        if state == "done" and late:
+            # Its result came after the deadline too (and was refused): the case did not
+            # deliver in time. A result that did arrive in time keeps its case done
+            # (``done`` outranks ``failed`` within an attempt).
+            state, error = "failed", "DEADLINE_PASSED"
+        writes.case(_case_row(message, state, error, now))
     elif isinstance(message, CaseResult):
         writes.results.append(
             {
