@@ -25,7 +25,7 @@ from workbench.core.messages import CaseResult
 from workbench.trust.audit import AuditLog
 from workbench.trust.canonical import canonical_json
 from workbench.trust.keys import TrustStore, generate_key
-from workbench.trust.signing import open_sealed, seal, sign, verify
+from workbench.trust.signing import open_sealed, seal, sign, verify, verify_bytes
 
 WORK = Path(__file__).resolve().parents[1] / ".work" / "bench" / "signing"
 
@@ -80,6 +80,8 @@ def main() -> int:
         "ed25519_verify_bytes_us": per_call_us(
             lambda: public.verify(raw_signature, data), ns.rounds
         ),
+        # What the hub and the spokes check wire messages with (libsodium, via PyNaCl).
+        "verify_bytes_us": per_call_us(lambda: verify_bytes(data, signature, trust), ns.rounds),
         "sign_document_us": per_call_us(lambda: sign(document, key), ns.rounds),
         "verify_document_us": per_call_us(lambda: verify(document, signature, trust), ns.rounds),
         "open_sealed_us": per_call_us(
