@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hub_world import (
@@ -109,15 +110,21 @@ def test_without_a_deadline_the_manifest_hash_is_what_it_was_before_deadlines(
     assert order.manifest_hash == hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def test_a_result_the_hub_receives_after_the_deadline_is_refused_to_the_dlq(
-    tmp_path: Path,
-) -> None:
+def around_the_deadline(tmp_path: Path) -> tuple[Any, ExperimentStatus, Ingestor, Ingestor]:
+    """A world with an experiment due in an hour; ingestors a second before and after it."""
     world = make_world(tmp_path)
     status = world.launch(deadline="1h")
     deadline = status.deadline
     assert deadline is not None
     before = Ingestor(world.store, clock=lambda: deadline - timedelta(seconds=1))
     after = Ingestor(world.store, clock=lambda: deadline + timedelta(seconds=1))
+    return world, status, before, after
+
+
+def test_a_result_the_hub_receives_after_the_deadline_is_refused_to_the_dlq(
+    tmp_path: Path,
+) -> None:
+    world, status, before, after = around_the_deadline(tmp_path)
     settled = Settled()
 
     before.handle(settled.delivery(result(status, "p-1", {"x": 1.0}), "in-time"))
@@ -231,12 +238,7 @@ def test_a_result_received_after_the_experiment_was_cancelled_is_refused(tmp_pat
 def test_a_case_whose_result_came_late_counts_as_failed_not_done(tmp_path: Path) -> None:
     from hub_world import case_status
 
-    world = make_world(tmp_path)
-    status = world.launch(deadline="1h")
-    deadline = status.deadline
-    assert deadline is not None
-    before = Ingestor(world.store, clock=lambda: deadline - timedelta(seconds=1))
-    after = Ingestor(world.store, clock=lambda: deadline + timedelta(seconds=1))
+    world, status, before, after = around_the_deadline(tmp_path)
     settled = Settled()
     # p-1 made it; its done status straggled in after the deadline. p-2 did not make it.
     before.handle(settled.delivery(result(status, "p-1", {"x": 1.0}), "r1"))

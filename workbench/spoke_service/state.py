@@ -18,6 +18,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from workbench.spoke_service.sqlite_tx import immediate
 
@@ -109,27 +110,26 @@ class SpokeState:
 
     def order_received_at(self, experiment_id: str) -> float | None:
         """When the order was stored (the spoke's clock, seconds since the epoch)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT received_at FROM orders WHERE experiment_id = ?", (experiment_id,)
-            ).fetchone()
-        return float(row[0]) if row else None
+        value = self._order_column(experiment_id, "received_at")
+        return None if value is None else float(value)
 
     def order_body(self, experiment_id: str) -> bytes | None:
         """The stored order's message bytes."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT body FROM orders WHERE experiment_id = ?", (experiment_id,)
-            ).fetchone()
-        return bytes(row[0]) if row else None
+        value = self._order_column(experiment_id, "body")
+        return None if value is None else bytes(value)
 
     def is_cancelled(self, experiment_id: str) -> bool:
         """Whether the hub cancelled this experiment."""
+        return bool(self._order_column(experiment_id, "cancelled"))
+
+    def _order_column(self, experiment_id: str, column: str) -> Any:
+        """One column of an order's row (``None`` without such an order)."""
+        assert column in ("received_at", "body", "cancelled")  # never from outside
         with self._lock:
             row = self._db.execute(
-                "SELECT cancelled FROM orders WHERE experiment_id = ?", (experiment_id,)
+                f"SELECT {column} FROM orders WHERE experiment_id = ?", (experiment_id,)
             ).fetchone()
-        return bool(row and row[0])
+        return row[0] if row else None
 
     # cases --------------------------------------------------------------------------------
 
@@ -156,12 +156,7 @@ class SpokeState:
     ) -> None:
         """Move a case to ``state`` and queue ``messages`` in the same transaction."""
         with self.transaction() as db:
-            db.execute(
-                "UPDATE cases SET state = ?, error_code = ?, updated_at = ? WHERE experiment_id = ?"
-                " AND participant_id = ? AND algorithm = ? AND attempt = ?",
-                (state, error_code, time.time(), case.experiment_id, case.participant_id,
-                 case.algorithm, case.attempt),
-            )  # fmt: skip
+            _write_case_state(db, case, state, error_code)
             _enqueue(db, messages)
 
     def finish(
@@ -185,12 +180,7 @@ class SpokeState:
             ).fetchone()
             if row and row[0]:
                 state, messages, error_code = "cancelled", if_cancelled, None
-            db.execute(
-                "UPDATE cases SET state = ?, error_code = ?, updated_at = ? WHERE experiment_id = ?"
-                " AND participant_id = ? AND algorithm = ? AND attempt = ?",
-                (state, error_code, time.time(), case.experiment_id, case.participant_id,
-                 case.algorithm, case.attempt),
-            )  # fmt: skip
+            _write_case_state(db, case, state, error_code)
             _enqueue(db, messages)
             return state
 
@@ -351,6 +341,17 @@ class SpokeState:
         """Store a small persistent value."""
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
+
+
+def _write_case_state(
+    db: sqlite3.Connection, case: CaseRow, state: str, error_code: str | None
+) -> None:
+    db.execute(
+        "UPDATE cases SET state = ?, error_code = ?, updated_at = ? WHERE experiment_id = ?"
+        " AND participant_id = ? AND algorithm = ? AND attempt = ?",
+        (state, error_code, time.time(), case.experiment_id, case.participant_id,
+         case.algorithm, case.attempt),
+    )  # fmt: skip
 
 
 def _enqueue(db: sqlite3.Connection, messages: list[tuple[str, bytes]]) -> None:
