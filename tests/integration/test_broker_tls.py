@@ -330,3 +330,51 @@ def test_the_scheme_and_the_tls_identity_must_agree(consortium: Consortium) -> N
         StompBroker.from_url("stomp+ssl://127.0.0.1:1")
     with pytest.raises(ConfigError, match="use stomp\\+ssl://"):
         StompBroker.from_url("stomp://127.0.0.1:1", tls=consortium.client("hub"))
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("every", [1, 200])
+def test_a_direct_subscription_over_tls_drains_a_backlog_from_the_dispatcher(
+    client: Client, every: int
+) -> None:
+    """As the hub ingests (``direct``, acks singly or in batches), over TLS.
+
+    stomp.py writes a TLS socket from its receiver loop only, and that loop writes nothing
+    while a backlog streams in: acks queued from inside it wait until the prefetch window
+    is full, and the consumer stalls. Over TLS a direct handler runs on the dispatcher.
+    """
+    import threading
+
+    from workbench.transport.base import Delivery, settle_all
+
+    hub, spoke_a = client("hub"), client("spoke-a")
+    tag = unique("backlog").decode()
+    total = 3000
+    for start in range(0, total, 250):
+        spoke_a.send_many(
+            [(HUB_INBOX, f"{tag}-{i}".encode(), None) for i in range(start, start + 250)]
+        )
+    waiting: list[tuple[Delivery, bool]] = []
+    seen: set[bytes] = set()
+
+    threads: set[str] = set()
+
+    def handler(delivery: Delivery) -> None:
+        threads.add(threading.current_thread().name)
+        if delivery.body.startswith(tag.encode()):
+            seen.add(delivery.body)
+        waiting.append((delivery, True))
+        if len(waiting) >= every or len(seen) == total:
+            settle_all(waiting)
+            waiting.clear()
+
+    sub = hub.subscribe(HUB_INBOX, handler, prefetch=500, direct=True)
+    wait_until(lambda: len(seen) == total, timeout=60, what=f"all {total} messages")
+    sub.cancel()
+    assert threads == {"stomp-dispatch"}
+    again = Inbox(ack=True)
+    client("hub").subscribe(HUB_INBOX, again, prefetch=500)
+    marker = unique("marker")
+    spoke_a.send(HUB_INBOX, marker)
+    again.wait_body(marker)
+    assert not [b for b in again.bodies if b.startswith(tag.encode())]  # every one was acked

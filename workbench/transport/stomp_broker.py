@@ -268,13 +268,17 @@ class StompBroker:
         are delivered and not yet acknowledged at any time. ``direct`` calls ``handler`` on
         stomp.py's receiver thread instead of the dispatcher thread, saving a thread switch
         per message: only for a handler that neither blocks nor sends (it would hold up
-        every frame behind it, receipts included).
+        every frame behind it, receipts included). Over TLS ``direct`` is ignored: stomp.py
+        writes a TLS socket only from its receiver loop, which writes nothing while it is
+        reading a backlog, so acks sent from inside that loop would wait until the prefetch
+        window is full, and the consumer stalls (a test drains 3,000 messages both ways).
         """
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         with self._lock:
             if self._closed:
                 raise TransportError("the connection is closed")
+            direct = direct and self._tls is None
             sub = _Sub(self, str(next(self._sub_ids)), destination, handler, prefetch, direct)
             self._subs[sub.id] = sub
         deadline = time.monotonic() + self._send_timeout
@@ -507,9 +511,14 @@ class StompBroker:
             )))  # fmt: skip
         if not frames:
             return
+        data = b"".join(frames)
+        transport = conn.transport
         try:
-            conn.transport.send(b"".join(frames))
-        except IO_ERRORS as e:
+            if transport.blocking:
+                transport.send(data)
+            else:  # TLS: stomp.py's receiver loop does every write on the socket
+                transport.send_queue.put(data)
+        except (*IO_ERRORS, AttributeError) as e:  # AttributeError: the queue is gone
             _LOG.warning("could not settle %d messages (%s): they will come again", len(frames), e)
 
     def _settle(self, generation: int, sub: _Sub, ack_id: str, verb: str) -> None:
