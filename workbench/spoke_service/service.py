@@ -11,7 +11,7 @@ Threads, each with one job:
 A cancel drops the experiment's queued cases and kills its running containers (labelled with
 the experiment); a run that ends after the cancel is settled as ``cancelled`` in the same
 transaction that checks the cancel, so its result never leaves. A case is not started once
-the hub's clock has certainly passed the experiment's deadline (``_deadline_passed``); a
+the hub's clock has certainly passed the experiment's deadline (``deadlines.py``); a
 case already running is left to its own timeout, and the hub refuses its result if it
 arrives late. If the state database or the audit log cannot be written (disk full), the
 spoke halts (``failure``): nothing uncommitted is sent, and the case in hand stays
@@ -33,7 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -41,7 +41,6 @@ from pydantic import BaseModel
 
 from workbench.core import messages as m
 from workbench.core.cohort import matches
-from workbench.core.deadline import DeadlineError, parse_utc
 from workbench.core.headers import InstanceHeader
 from workbench.core.participant import Case, build_case
 from workbench.core.pseudonym import Pseudonymizer
@@ -49,7 +48,9 @@ from workbench.core.run_errors import Error, RunErrorCode
 from workbench.errors import AuditError, CaseError, EngineError, SignatureError, SpokeHaltedError
 from workbench.spoke_service.catalog import Catalog
 from workbench.spoke_service.config import SpokeConfig
+from workbench.spoke_service.deadlines import DeadlineReckoner
 from workbench.spoke_service.engine import ContainerEngine
+from workbench.spoke_service.image_gate import ImageGate
 from workbench.spoke_service.outbox import OutboxSender
 from workbench.spoke_service.pending import HELD_STATE, CaseKey, PendingStore
 from workbench.spoke_service.reference import SiteReference
@@ -61,7 +62,6 @@ from workbench.spoke_service.state import CaseRow, SpokeState
 from workbench.transport.base import Broker, Delivery, Subscription
 from workbench.trust.audit import AuditLog, ChainHead
 from workbench.trust.canonical import canonical_json
-from workbench.trust.image_signature import verify_image_signature
 from workbench.trust.keys import TrustStore, load_private_key, new_key_pair
 from workbench.trust.wire import WireSigner, signature_of, verify_wire
 
@@ -91,7 +91,7 @@ class Spoke:
     ) -> None:
         self.config = config
         # The spoke's wall clock: heartbeats' sent_at and when an order was stored. It may be
-        # far off the hub's; deadlines use only differences of it (see _deadline_passed).
+        # far off the hub's; deadlines use only differences of it (see deadlines.py).
         self._clock = clock
         self._broker = broker
         self._engine = engine
@@ -121,14 +121,14 @@ class Spoke:
             on_sent=self._audit_sent,
         )  # fmt: skip
         self._gate = ReleaseGate(config.policy)
+        self._images = ImageGate(engine, self._trust, config.policy, self.audit)
         self._pending = PendingStore.open(config.state_dir)
         self._work = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._subscription: Subscription | None = None
-        self._verified: dict[str, str] = {}
         self._cache_lock = threading.Lock()
-        self._deadlines: dict[str, tuple[datetime, datetime] | None] = {}
+        self._deadlines = DeadlineReckoner(self.state, clock)
         self._next_sweep = 0.0
         self.failure: SpokeHaltedError | None = None
         self.failed = threading.Event()
@@ -354,42 +354,6 @@ class Spoke:
 
     # deadlines --------------------------------------------------------------------------
 
-    def _deadline_passed(self, experiment_id: str) -> bool:
-        """Whether the hub's clock has certainly passed the experiment's deadline.
-
-        The spoke cannot read the hub's clock, and its own may be far off. The manifest's
-        ``created_at`` is hub time; the order has been held here at least as long as the
-        spoke's own clock has advanced since storing it (an offset cancels out in the
-        difference). Their sum is a lower bound of the hub's time now, so a spoke never
-        skips a case whose result the hub would still accept; the hub refuses late results
-        by its own clock.
-        """
-        with self._cache_lock:
-            known = experiment_id in self._deadlines
-            found = self._deadlines.get(experiment_id)
-        if not known:
-            found = self._deadline_of(experiment_id)
-            with self._cache_lock:
-                self._deadlines[experiment_id] = found
-        if found is None:
-            return False
-        deadline, created = found
-        received = self.state.order_received_at(experiment_id)
-        held = 0.0 if received is None else max(0.0, self._clock().timestamp() - received)
-        return created + timedelta(seconds=held) >= deadline
-
-    def _deadline_of(self, experiment_id: str) -> tuple[datetime, datetime] | None:
-        body = self.state.order_body(experiment_id)
-        order = m.parse_message(body) if body else None
-        if not isinstance(order, m.ExperimentOrder) or order.manifest.deadline is None:
-            return None
-        try:
-            return parse_utc(order.manifest.deadline), parse_utc(order.manifest.created_at)
-        except DeadlineError:
-            log.warning("experiment %s: unreadable created_at; its deadline is left to the hub",
-                        experiment_id)  # fmt: skip
-            return None
-
     def _expire_overdue(self) -> None:
         """Fail, without running them, the queued cases of experiments past their deadline."""
         now = time.monotonic()
@@ -398,7 +362,7 @@ class Spoke:
         self._next_sweep = now + _SWEEP_S
         error = Error.of(RunErrorCode.DEADLINE_PASSED)
         for experiment_id in self.state.queued_experiments():
-            if not self._deadline_passed(experiment_id):
+            if not self._deadlines.passed(experiment_id):
                 continue
             n = self.state.expire(
                 experiment_id, error.code.value, lambda c: [self._status(c, "failed", error)]
@@ -414,14 +378,14 @@ class Spoke:
         assert isinstance(order, m.ExperimentOrder)
         if self.state.is_cancelled(case.experiment_id):
             return "cancelled", [self._status(case, "cancelled")], None
-        if self._deadline_passed(case.experiment_id):  # claimed between two sweeps
+        if self._deadlines.passed(case.experiment_id):  # claimed between two sweeps
             self._audit_failure(case, RunErrorCode.DEADLINE_PASSED.value)
             error = Error.of(RunErrorCode.DEADLINE_PASSED)
             return "failed", [self._status(case, "failed", error)], error.code.value
         manifest = order.manifest
         algorithm = next(a for a in manifest.algorithms if a.name == case.algorithm)
         try:
-            image_id = self._verified_image(algorithm)
+            image_id = self._images.image_id(algorithm)
             built = self._case(case.patient_id)
             limits = self.config.policy.bound(
                 Limits(timeout_s=manifest.timeout_s, memory_bytes=manifest.memory_bytes)
@@ -497,43 +461,6 @@ class Spoke:
             while len(self._cases) > _CASE_CACHE:
                 self._cases.popitem(last=False)
         return entry
-
-    def _verified_image(self, algorithm: m.AlgorithmRef) -> str:
-        """The local image id of ``algorithm``: signed, pulled by digest if needed, checked.
-
-        The publisher's signature is checked before every run, against the digest the order
-        names; the image is then run by that content id, so a tag moved meanwhile changes
-        nothing.
-        """
-        self._check_image_signature(algorithm)
-        with self._cache_lock:
-            if algorithm.digest in self._verified:
-                return self._verified[algorithm.digest]
-            try:
-                info = self._engine.image(algorithm.image)
-            except EngineError as e:
-                if e.code is not RunErrorCode.IMAGE_NOT_FOUND or "@" not in algorithm.image:
-                    raise
-                info = self._engine.pull(algorithm.image)
-            if info.id != algorithm.digest:
-                raise EngineError(
-                    RunErrorCode.IMAGE_NOT_FOUND,
-                    f"{algorithm.image} is {info.id}, not the ordered {algorithm.digest}",
-                )
-            self._verified[algorithm.digest] = info.id
-            return info.id
-
-    def _check_image_signature(self, algorithm: m.AlgorithmRef) -> None:
-        policy = self.config.policy
-        try:
-            signed = verify_image_signature(algorithm.signature, algorithm.digest, self._trust)
-            if not policy.accepts_signer(signed.key_id):
-                raise SignatureError("not_accepted", f"key {signed.key_id} is not accepted")
-            if not policy.accepts_image(algorithm.digest):
-                raise SignatureError("not_accepted", f"{algorithm.digest} is not on the list")
-        except SignatureError as e:
-            self.audit.append("image.refused", {"digest": algorithm.digest, "reason": e.reason})
-            raise EngineError(RunErrorCode.IMAGE_UNTRUSTED, f"{algorithm.image}: {e}") from e
 
     def _result(
         self, case: CaseRow, order: m.ExperimentOrder, image_id: str, result: RunResult
