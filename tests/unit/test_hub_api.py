@@ -32,16 +32,6 @@ from workbench.trust.keys import key_id
 
 
 @pytest.fixture
-def server() -> InMemoryBroker:
-    return InMemoryBroker()
-
-
-@pytest.fixture
-def keys() -> Keys:
-    return Keys.make()
-
-
-@pytest.fixture
 def hub(tmp_path: Path, server: InMemoryBroker, keys: Keys) -> Iterator[Hub]:
     store = ResultsStore.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     hub = Hub(

@@ -29,16 +29,6 @@ from workbench.trust.audit import verify
 
 
 @pytest.fixture
-def server() -> InMemoryBroker:
-    return InMemoryBroker()
-
-
-@pytest.fixture
-def keys() -> Keys:
-    return Keys.make()
-
-
-@pytest.fixture
 def hub(tmp_path: Path, server: InMemoryBroker, keys: Keys) -> Iterator[Hub]:
     store = ResultsStore.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     parts = {"signer": keys.hub_signer, "trust": keys.trust()}

@@ -158,16 +158,6 @@ def test_the_hub_measures_each_spokes_clock_skew_from_its_last_heartbeat(tmp_pat
 
 
 @pytest.fixture
-def server() -> InMemoryBroker:
-    return InMemoryBroker()
-
-
-@pytest.fixture
-def keys() -> Keys:
-    return Keys.make()
-
-
-@pytest.fixture
 def hub(tmp_path: Path, server: InMemoryBroker, keys: Keys) -> Iterator[Hub]:
     store = ResultsStore.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     with Hub(store, server.connect(), StudyCatalog(STUDIES), allowed_spokes=SPOKES,

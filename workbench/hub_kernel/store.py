@@ -254,22 +254,20 @@ class ResultsStore(Database):
     def pending_orders(self) -> list[tuple[str, str]]:
         """``(experiment_id, spoke_id)`` of orders stored but not yet confirmed sent."""
         x, e = t.experiment_spokes.c, t.experiments.c
-        query = (
-            select(x.experiment_id, x.spoke_id)
-            .join(t.experiments, e.id == x.experiment_id)
-            .where(x.order_sent_at.is_(None), e.cancelled_at.is_(None))
-            .order_by(e.created_at, x.spoke_id)
-        )
-        with self._read() as conn:
-            return [(r.experiment_id, r.spoke_id) for r in conn.execute(query)]
+        return self._unsent(x.order_sent_at.is_(None), e.cancelled_at.is_(None))
 
     def pending_cancels(self) -> list[tuple[str, str]]:
         """``(experiment_id, spoke_id)`` of cancels decided but not yet confirmed sent."""
         x, e = t.experiment_spokes.c, t.experiments.c
+        return self._unsent(x.cancel_sent_at.is_(None), e.cancelled_at.is_not(None))
+
+    def _unsent(self, *where: Any) -> list[tuple[str, str]]:
+        """``(experiment_id, spoke_id)`` pairs matching ``where``, oldest experiment first."""
+        x, e = t.experiment_spokes.c, t.experiments.c
         query = (
             select(x.experiment_id, x.spoke_id)
             .join(t.experiments, e.id == x.experiment_id)
-            .where(x.cancel_sent_at.is_(None), e.cancelled_at.is_not(None))
+            .where(*where)
             .order_by(e.created_at, x.spoke_id)
         )
         with self._read() as conn:
