@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -52,11 +53,17 @@ def executemany(
         conn.execute(statement, list(rows))
         return
     sql, names, converters = _compile(conn, statement, table, tuple(rows[0]))
-    pairs = tuple(zip(names, converters, strict=True))
-    params = [
-        tuple(row[name] if convert is None else convert(row[name]) for name, convert in pairs)
-        for row in rows
-    ]
+    values = operator.itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
+    converted = [(i, convert) for i, convert in enumerate(converters) if convert is not None]
+    if not converted:
+        params = [values(row) for row in rows]
+    else:
+        params = []
+        for row in rows:
+            param = list(values(row))
+            for i, convert in converted:
+                param[i] = convert(param[i])
+            params.append(tuple(param))
     conn.exec_driver_sql(sql, params)
 
 

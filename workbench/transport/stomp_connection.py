@@ -39,6 +39,7 @@ from stomp.exception import StompException
 from stomp.protocol import Protocol12
 
 from workbench.errors import ConfigError
+from workbench.transport.stomp_frames import FastFrames
 
 __all__ = [
     "IO_ERRORS",
@@ -286,13 +287,9 @@ def open_connection(
             came in 10 s.
     """
     if tls is None:
-        conn = stomp.Connection12(
-            host_and_ports=addresses, prefer_localhost=False, try_loopback_connect=False,
-            reconnect_sleep_initial=0.0, reconnect_attempts_max=1, timeout=5.0,
-            heartbeats=(heartbeat_ms, heartbeat_ms), auto_decode=False,
-        )  # fmt: skip
+        conn = _Connection12(_Transport, addresses, heartbeat_ms)
     else:
-        conn = _TlsConnection12(addresses, heartbeat_ms)
+        conn = _Connection12(_TlsTransport, addresses, heartbeat_ms)
         conn.set_ssl(
             for_hosts=addresses, cert_file=str(tls.certificate), key_file=str(tls.key),
             ca_certs=str(tls.ca_certificate),
@@ -366,7 +363,11 @@ def tls_refusal_reason(error: ssl.SSLError) -> str | None:
     return None
 
 
-class _TlsTransport(stomp.transport.Transport):  # type: ignore[misc]
+class _Transport(FastFrames, stomp.transport.Transport):  # type: ignore[misc]
+    """stomp.py's transport, parsing received frames with ``stomp_frames.parse_frame``."""
+
+
+class _TlsTransport(_Transport):
     """stomp.py's transport, but a TLS connection's receiver loop ends when the broker closes.
 
     After the handshake stomp.py reads a TLS socket in non-blocking mode and takes an empty
@@ -400,11 +401,16 @@ class _TlsTransport(stomp.transport.Transport):  # type: ignore[misc]
         return data
 
 
-class _TlsConnection12(stomp.Connection12):  # type: ignore[misc]
-    """``stomp.Connection12`` on ``_TlsTransport`` (set up as stomp.py's own constructor does)."""
+class _Connection12(stomp.Connection12):  # type: ignore[misc]
+    """``stomp.Connection12`` on one of our transports (set up as stomp.py's constructor does)."""
 
-    def __init__(self, addresses: list[tuple[str, int]], heartbeat_ms: int) -> None:
-        transport = _TlsTransport(
+    def __init__(
+        self,
+        transport_class: type[_Transport],
+        addresses: list[tuple[str, int]],
+        heartbeat_ms: int,
+    ) -> None:
+        transport = transport_class(
             host_and_ports=addresses, prefer_localhost=False, try_loopback_connect=False,
             reconnect_sleep_initial=0.0, reconnect_attempts_max=1, timeout=5.0,
             auto_decode=False,
