@@ -67,10 +67,7 @@ def test_our_transports_replace_the_frame_loop_stomp_py_has() -> None:
     assert hasattr(stomp.transport.BaseTransport, "_BaseTransport__read_frames")
     for transport in (stomp_connection._Transport, stomp_connection._TlsTransport):
         assert issubclass(transport, FastFrames)
-        assert (
-            transport._BaseTransport__read_frames
-            is FastFrames._BaseTransport__read_frames
-        )
+        assert transport._BaseTransport__read_frames is FastFrames._BaseTransport__read_frames
 
 
 def test_the_frame_loop_hands_parsed_frames_and_heartbeats_to_process_frame() -> None:
