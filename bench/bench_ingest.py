@@ -13,6 +13,12 @@ raw time over hub time: 1.0 means ingestion costs nothing beyond the transport. 
 round of each warms the broker up; then rounds alternate the order; medians are reported.
 ``--unsigned`` runs the hub with ``insecure_unsigned`` on unsigned messages instead.
 
+Each timed drain also reports the CPU it took per message: this process's (the raw
+consumer's, or the hub's: all threads) and the broker's (its JVM, from ``/proc``). On a
+machine with few cores they explain the ratio: if the raw drain already keeps every core
+busy (broker plus raw consumer), the hub can only come close to it by spending little more
+CPU per message than the raw consumer does, whatever runs in parallel.
+
     .venv/bin/python -m bench.bench_ingest [--messages 5000] [--rounds 3] [--unsigned]
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.bench_transport import consume_raw, raw_connection
 from workbench.core import messages as m
-from workbench.hub_kernel.service import Hub, HubConfig, default_studies_dir
+from workbench.hub_kernel.service import Hub, HubConfig, default_studies_dir, freeze_startup_heap
 from workbench.hub_kernel.store import ResultsStore
 from workbench.hub_kernel.studies import StudyCatalog
 from workbench.transport.activemq import ManagedBroker
@@ -44,6 +51,32 @@ from workbench.trust.wire import WireSigner
 DIGEST = "sha256:" + "e" * 64
 PREFETCH = HubConfig().prefetch  # the hub's own default; the raw consumer gets the same
 Frame = tuple[bytes, dict[str, str]]
+Drain = tuple[float, float, float]  # seconds, this process's CPU seconds, the broker's
+
+
+class Meter:
+    """Wall time and CPU time (this process, and the broker's process) of a stretch of work."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self.broker_pid = broker_pid
+
+    def read(self) -> Drain:
+        return time.perf_counter(), time.process_time(), _cpu_seconds(self.broker_pid)
+
+    def since(self, start: Drain) -> Drain:
+        now = self.read()
+        return now[0] - start[0], now[1] - start[1], now[2] - start[2]
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU seconds of process ``pid`` (all its threads), 0 if unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def results(
@@ -103,9 +136,15 @@ def fill(port: int, queue: str, frames: list[Frame]) -> None:
 
 
 def hub_round(
-    url: str, port: int, workdir: Path, n: int, spoke_key: Ed25519PrivateKey | None
-) -> float:
-    """Seconds for a hub to ingest ``n`` results (signed by ``spoke_key``, if given)."""
+    url: str,
+    port: int,
+    workdir: Path,
+    n: int,
+    spoke_key: Ed25519PrivateKey | None,
+    meter: Meter | None = None,
+) -> Drain:
+    """Seconds (and CPU seconds, see ``Meter``) for a hub to ingest ``n`` results (signed by
+    ``spoke_key``, if given)."""
     name = f"hub-{uuid.uuid4().hex}"
     store = ResultsStore.open(f"sqlite:///{workdir / f'{name}.sqlite'}")
     store.allow_spokes(["site-01"])
@@ -127,8 +166,10 @@ def hub_round(
     )
     experiment_id = status.experiment_id
     fill(port, m.HUB_INBOX, results(experiment_id, status.manifest_hash, n, key=spoke_key))
-    started = time.perf_counter()
+    meter = meter or Meter(None)
+    started = meter.read()
     hub.start()
+    freeze_startup_heap()  # as `workbench hub serve` does
     deadline = time.monotonic() + 300
     # Watch the ingestor's own counter (committed and acknowledged), not the database: a
     # count query every few milliseconds would compete with the ingestion it measures.
@@ -136,14 +177,21 @@ def hub_round(
         if time.monotonic() > deadline:
             raise TimeoutError(f"hub ingested {hub.ingestor.stats.accepted} of {n}")
         time.sleep(0.002)
-    elapsed = time.perf_counter() - started
+    drain = meter.since(started)
     assert store.result_count(experiment_id) == n
     if spoke_key is not None:
         assert hub.experiments.status(experiment_id).results_verified == n
     hub.stop()
     broker.close()
     store.close()
-    return elapsed
+    return drain
+
+
+def raw_round(port: int, queue: str, n: int, meter: Meter) -> Drain:
+    """Seconds (and CPU seconds) for a raw stomp.py consumer to drain ``n`` from ``queue``."""
+    started = meter.read()
+    consume_raw(port, queue, n, PREFETCH)
+    return meter.since(started)
 
 
 def main() -> int:
@@ -161,7 +209,9 @@ def main() -> int:
         port = status.stomp_port
         assert port is not None
         sample = results("exp-x", "0" * 64, ns.messages, key=spoke_key)
-        raw_times, hub_times = [], []
+        meter = Meter(broker.pid())
+        raw_drains: list[Drain] = []
+        hub_drains: list[Drain] = []
         try:
             # ActiveMQ's JIT takes some thousand messages to settle: one untimed drain each.
             warm = f"/queue/bench.warm.{uuid.uuid4().hex}"
@@ -174,14 +224,22 @@ def main() -> int:
                 order = ["raw", "hub"] if round_no % 2 == 0 else ["hub", "raw"]
                 for which in order:
                     if which == "raw":
-                        raw_times.append(consume_raw(port, scratch, ns.messages, PREFETCH))
+                        raw_drains.append(raw_round(port, scratch, ns.messages, meter))
                     else:
-                        hub_times.append(
-                            hub_round(broker.stomp_url, port, Path(tmp), ns.messages, spoke_key)
+                        hub_drains.append(
+                            hub_round(
+                                broker.stomp_url, port, Path(tmp), ns.messages, spoke_key, meter
+                            )
                         )
         finally:
             broker.stop()
-    raw, hub = statistics.median(raw_times), statistics.median(hub_times)
+    raw = statistics.median(d[0] for d in raw_drains)
+    hub = statistics.median(d[0] for d in hub_drains)
+
+    def us_per_message(drains: list[Drain], which: int) -> int:
+        median: float = statistics.median(d[which] for d in drains)
+        return round(median / ns.messages * 1e6)
+
     result = {
         "messages": ns.messages,
         "signed": spoke_key is not None,
@@ -190,6 +248,13 @@ def main() -> int:
         "hub_ingest_msgs_per_s": round(ns.messages / hub),
         "ratio": round(raw / hub, 2),
         "target": 0.7,
+        "cores": os.cpu_count(),
+        "cpu_us_per_message": {
+            "raw_consumer": us_per_message(raw_drains, 1),
+            "broker_during_raw": us_per_message(raw_drains, 2),
+            "hub": us_per_message(hub_drains, 1),
+            "broker_during_hub": us_per_message(hub_drains, 2),
+        },
     }
     json.dump(result, sys.stdout, indent=2)
     print()

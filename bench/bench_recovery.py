@@ -38,10 +38,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import stomp
+import stomp.transport
+
 from workbench.core import messages as m
 from workbench.drill import Drill
 from workbench.drill_report import read_db
-from workbench.transport.stomp_connection import ClientTls, Listener, open_connection, parse_url
+from workbench.transport import stomp_connection
+from workbench.transport.stomp_connection import ClientTls, Listener, parse_url
 from workbench.trust.keys import PRIVATE_FILE, load_private_key
 from workbench.trust.wire import WireSigner
 
@@ -116,9 +120,8 @@ class _Client(Listener):
     """
 
     def __init__(self, n: int = 0) -> None:
-        unused: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
         super().__init__(
-            1, tcp_nodelay=True, inbox=unused, receipt=self._receipt, lost=lambda _: None
+            1, tcp_nodelay=True, inbox=lambda _: None, receipt=self._receipt, lost=lambda _: None
         )
         self.receipts: set[str] = set()
         self.cond = threading.Condition()
@@ -146,10 +149,27 @@ class _Client(Listener):
             self.conn.ack(id=ack_id)
 
 
+class _StompPyTlsTransport(stomp_connection._TlsTransport):
+    """Our TLS transport (it notices a closed TLS connection, so no receiver thread spins
+    after the raw consumer disconnects), but parsing frames with stomp.py's own parser:
+    the baseline is raw stomp.py, not ``workbench.transport.stomp_frames``."""
+
+    _BaseTransport__read_frames = stomp.transport.BaseTransport._BaseTransport__read_frames
+
+
 def _connect(url: str, listener: _Client, tls: ClientTls | None) -> Any:
-    return open_connection(
-        parse_url(url), listener, login=None, passcode=None, heartbeat_ms=0, tls=tls
-    )
+    """A connection for filling the inbox and for the raw consumer (stomp.py's frame parser)."""
+    addresses = parse_url(url)
+    if tls is None:
+        conn = stomp.Connection12(addresses, heartbeats=(0, 0), auto_decode=False)
+    else:
+        conn = stomp_connection._Connection12(_StompPyTlsTransport, addresses, 0)
+        conn.set_ssl(for_hosts=addresses, cert_file=str(tls.certificate),
+                     key_file=str(tls.key), ca_certs=str(tls.ca_certificate))  # fmt: skip
+    listener.conn = conn
+    conn.set_listener("bench", listener)
+    conn.connect(wait=True)
+    return conn
 
 
 def fill(url: str, tls: ClientTls | None, frames: list[Frame]) -> None:

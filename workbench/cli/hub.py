@@ -85,7 +85,7 @@ def _serve(ns: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from workbench.hub_kernel.service import Hub
+    from workbench.hub_kernel.service import Hub, freeze_startup_heap
 
     config = settings(ns)
     hub = Hub.from_config(config)
@@ -93,6 +93,7 @@ def _serve(ns: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         hub.start()
+        freeze_startup_heap()
         say(f"hub serving at {hub.url} (store {config.db}); stop with Ctrl-C")
         if hub.trust is None or hub.signer is None:
             say("WARNING: insecure_unsigned: orders are not signed or spoke messages not verified")
