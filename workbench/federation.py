@@ -22,7 +22,7 @@ from typing import Any
 
 from workbench.core.contract import LABEL_ARGS_SCHEMA, LABEL_OUTPUT_SCHEMA
 from workbench.errors import WorkbenchError
-from workbench.images.distribution import ManagedRegistry, free_port, push
+from workbench.images.distribution import ManagedRegistry, forget_references, free_port, push
 from workbench.transport.activemq import ManagedBroker
 from workbench.transport.activemq_security import BrokerUser, TlsSettings
 from workbench.transport.stomp_connection import ClientTls
@@ -69,6 +69,7 @@ class LocalFederation:
         self.registry = ManagedRegistry(self.root / "registry")
         self.hub_port = free_port()
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._docker: Any = None  # the Docker client ``register`` pushed with
 
     @property
     def hub_url(self) -> str:
@@ -97,6 +98,8 @@ class LocalFederation:
         for name in [n for n in self._processes if n != "hub"]:
             self.stop_process(name)
         self.stop_process("hub")
+        if self._docker is not None:  # images were pushed: drop their registry names
+            forget_references(self._docker, self.registry.address)
         self.registry.stop()
         self.broker.stop()
 
@@ -275,6 +278,7 @@ class LocalFederation:
     def register(self, docker_client: Any, images: list[str]) -> list[dict[str, Any]]:
         """Push each image to the registry, sign it as the publisher, register it by digest."""
         registered = []
+        self._docker = docker_client
         for image in images:
             local = docker_client.images.get(image)
             labels = local.labels or {}

@@ -9,7 +9,7 @@ import pytest
 
 from workbench.core.run_errors import RunErrorCode
 from workbench.errors import EngineError
-from workbench.images.distribution import ManagedRegistry, push
+from workbench.images.distribution import ManagedRegistry, forget_references, push
 
 pytestmark = pytest.mark.docker
 
@@ -43,6 +43,28 @@ def test_a_pushed_image_is_pulled_back_by_digest_with_the_same_id(
     pulled = docker_engine.pull(reference)
 
     assert pulled.id == local.id
+
+
+def test_forgetting_a_registry_removes_its_names_and_keeps_the_images(
+    docker_engine: Any, algorithm_images: dict[str, str], registry: ManagedRegistry
+) -> None:
+    client = docker_engine.client
+    image = algorithm_images["naive-baseline"]
+    local = client.images.get(image)
+    reference = push(client, image, registry.address)
+    docker_engine.pull(reference)  # as a spoke on this engine does: a digest name too
+
+    def names() -> list[str]:
+        attrs = client.images.get(local.id).attrs
+        return [*(attrs.get("RepoTags") or []), *(attrs.get("RepoDigests") or [])]
+
+    assert any(name.startswith(f"{registry.address}/") for name in names())
+
+    assert forget_references(client, registry.address) >= 1
+
+    assert not [name for name in names() if name.startswith(f"{registry.address}/")]
+    assert client.images.get(image).id == local.id  # the image and its own name stay
+    assert forget_references(client, registry.address) == 0
 
 
 def test_pulling_by_tag_is_refused(docker_engine: Any, registry: ManagedRegistry) -> None:

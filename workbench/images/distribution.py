@@ -138,3 +138,31 @@ def push(client: Any, image: str, registry: str) -> str:
     if not digest:
         raise ImageBuildError(f"the registry reported no digest for {image}")
     return f"{repository}@{digest}"
+
+
+def forget_references(client: Any, registry: str) -> int:
+    """Remove this engine's names for images in ``registry``: tags and pulled digests.
+
+    The demo and the drill run a registry on a fresh port each time; without this, every
+    run would leave its ``127.0.0.1:PORT/elic/...`` names behind in ``docker images``. Only
+    names are removed (``noprune``), and only from images known by another name too, so no
+    image goes. Returns how many names were removed.
+    """
+    from docker.errors import DockerException, NotFound
+
+    prefix = f"{registry}/"
+    removed = 0
+    for image in client.images.list():
+        names = [*(image.attrs.get("RepoTags") or []), *(image.attrs.get("RepoDigests") or [])]
+        ours = [name for name in names if name.startswith(prefix)]
+        if not ours or len(ours) == len(names):
+            continue
+        for name in ours:
+            try:
+                client.images.remove(name, noprune=True)
+                removed += 1
+            except NotFound:
+                pass  # went with a name removed before it (a tag takes its digest along)
+            except DockerException as e:
+                log.warning("cannot remove the image name %s: %s", name, e)
+    return removed
