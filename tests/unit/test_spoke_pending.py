@@ -169,6 +169,48 @@ def test_enqueue_rejected_tells_the_hub_only_the_code(tmp_path: Path) -> None:
     assert case_states(tmp_path) == {"p-0001": "failed"}
 
 
+def cancel(state_dir: Path, experiment_id: str = "exp-1") -> None:
+    """The spoke records the hub's cancel of the experiment (its order stored first)."""
+    state = SpokeState(state_dir / "state.sqlite")
+    try:
+        state.store_order(experiment_id, "0" * 64, b"{}")
+        state.cancel(experiment_id, {})
+    finally:
+        state.close()
+
+
+def test_a_release_after_the_hub_cancelled_is_refused_and_sends_nothing(tmp_path: Path) -> None:
+    message = result()
+    spoke_state(tmp_path, message)
+    with PendingStore.open(tmp_path) as store:
+        held_id = hold(store, message)
+    cancel(tmp_path)  # the cancel came between the spoke's two databases: not withdrawn yet
+
+    with pytest.raises(PendingError, match="cancelled experiment exp-1"):
+        release_held(tmp_path, held_id)
+
+    assert outbox(tmp_path) == []
+    with PendingStore.open(tmp_path) as store:
+        assert store.get(held_id).state == "held"  # the reviewer can still reject it
+        store.reject(held_id, "cancelled", lambda held, _: enqueue_rejected(tmp_path, held.case))
+    assert outbox(tmp_path) == []  # the hub knows the case as cancelled: nothing to tell
+
+
+def test_withdraw_rejects_the_held_results_of_one_experiment_only(tmp_path: Path) -> None:
+    mine, other = result("p-0001"), result("p-0002").model_copy(update={"experiment_id": "exp-2"})
+    with PendingStore.open(tmp_path) as store:
+        mine_id, other_id = hold(store, mine), hold(store, other)
+
+        assert store.withdraw("exp-1") == 1
+        assert store.withdraw("exp-1") == 0
+
+        withdrawn, kept = store.get(mine_id), store.get(other_id)
+        assert (withdrawn.state, withdrawn.decided_by) == ("rejected", "hub")
+        assert withdrawn.reason == "withdrawn: the hub cancelled the experiment"
+        assert [t.state for t in store.history(mine_id)] == ["held", "rejected"]
+        assert kept.state == "held"
+
+
 def test_a_release_retried_after_a_crash_sends_once(tmp_path: Path) -> None:
     message = result()
     spoke_state(tmp_path, message)

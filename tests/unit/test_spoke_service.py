@@ -347,6 +347,48 @@ def test_with_manual_release_results_wait_for_a_person(site: Path) -> None:
     assert len([x for x in released if isinstance(x, m.CaseResult)]) == 1
 
 
+def test_a_cancel_withdraws_the_results_held_for_review(site: Path) -> None:
+    from dataclasses import replace
+
+    from workbench.spoke_service.pending import PendingError, PendingStore, release_held
+
+    server = InMemoryBroker()
+    base = config(site)
+    held_config = replace(base, policy=replace(base.policy, manual_release=True))
+    spoke = Spoke(held_config, server.connect(), FakeEngine(write_score))
+    spoke.start()
+    hub = server.connect()
+    send_order(hub, order())
+    store = PendingStore.open(held_config.state_dir)
+    try:
+        deadline = time.monotonic() + 20
+        while len(store.list()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        send_order(hub, m.encode(m.ExperimentCancel(spoke_id="site-01", experiment_id="exp-1")))
+        seen = until(
+            server,
+            lambda seen: sum(getattr(x, "state", "") == "cancelled" for x in seen) >= 2,
+        )
+        withdrawn = store.list(state="rejected")
+        with pytest.raises(PendingError, match="already rejected by hub"):
+            release_held(held_config.state_dir, withdrawn[0].id)
+        time.sleep(0.2)  # let a wrongly released result show up
+    finally:
+        spoke.stop()
+        hub.close()
+    seen += inbox(server)
+    assert store.list() == []  # nothing waits for review any more
+    assert len(withdrawn) == 2
+    assert {(h.decided_by, h.reason) for h in withdrawn} == {
+        ("hub", "withdrawn: the hub cancelled the experiment")
+    }
+    store.close()
+    assert not [x for x in seen if isinstance(x, m.CaseResult)]
+    cancelled = {x.participant_id for x in seen if getattr(x, "state", "") == "cancelled"}
+    assert len(cancelled) == 2
+
+
 def test_unsigned_or_foreign_orders_are_refused_and_audited(site: Path) -> None:
     server = InMemoryBroker()
     spoke = Spoke(config(site), server.connect(), FakeEngine(write_score))

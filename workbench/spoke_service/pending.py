@@ -3,9 +3,11 @@
 When the spoke's policy asks for manual release, a result that passed the release gate is
 *held* here instead of going to the outbox. A person lists the held results
 (``workbench spoke pending``), then *releases* one (its message goes to the spoke's outbox)
-or *rejects* it (the hub is told ``RELEASE_REJECTED``, and nothing else). Every transition
-is recorded with its time and the operator's login name, and happens at most once: a second
-release of the same result is an error, never a second send.
+or *rejects* it (the hub is told ``RELEASE_REJECTED``, and nothing else). When the hub
+cancels the experiment, its held results are rejected by ``hub`` (``withdraw``), and a
+release that races the cancel is refused. Every transition is recorded with its time and
+the operator's login name, and happens at most once: a second release of the same result
+is an error, never a second send.
 
 The store is its own SQLite file in the spoke's state folder, so the review tools never
 touch the spoke's own tables except through ``enqueue_released``/``enqueue_rejected``, which
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 PENDING_FILE = "pending.sqlite"
 STATE_FILE = "state.sqlite"  # the spoke's own database (``SpokeConfig.state_path``)
 HELD_STATE = "held"  # the spoke's case state while its result waits here
+WITHDRAWN_BY = "hub"  # who rejected the held results of an experiment the hub cancelled
+WITHDRAWN_REASON = "withdrawn: the hub cancelled the experiment"
 _MAX_REASON = 500
 
 State = Literal["held", "released", "rejected"]
@@ -240,6 +244,34 @@ class PendingStore:
         """
         return self._decide(held_id, "rejected", reason.strip()[:_MAX_REASON] or None, deliver)
 
+    def withdraw(self, experiment_id: str) -> int:
+        """The hub cancelled the experiment: its held results are rejected, by ``hub``.
+
+        Nothing is sent (the spoke reports the cases ``cancelled``); the reason is recorded
+        with each transition. Returns how many were withdrawn; results already released or
+        rejected are left as they are.
+        """
+        now = time.time()
+        with self._transaction() as db:
+            ids = [
+                int(row[0])
+                for row in db.execute(
+                    "SELECT id FROM held WHERE experiment_id = ? AND state = 'held'",
+                    (experiment_id,),
+                )
+            ]
+            for held_id in ids:
+                db.execute(
+                    "UPDATE held SET state = 'rejected', decided_at = ?, decided_by = ?,"
+                    " reason = ? WHERE id = ?",
+                    (now, WITHDRAWN_BY, WITHDRAWN_REASON, held_id),
+                )
+                _record(db, held_id, "rejected", now, WITHDRAWN_BY, WITHDRAWN_REASON)
+        if ids:
+            log.info("%d held result(s) of cancelled experiment %s withdrawn", len(ids),
+                     experiment_id)  # fmt: skip
+        return len(ids)
+
     def _decide(
         self, held_id: int, state: State, reason: str | None, deliver: Deliver | None
     ) -> bytes:
@@ -344,6 +376,13 @@ def _into_outbox(
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox'").fetchone() is None:
             raise PendingError(f"{path} has no outbox: is it a spoke's state database?")
         with immediate(db):
+            if case is not None and _cancelled(db, case.experiment_id):
+                if case_state == "done":
+                    raise PendingError(
+                        f"the hub cancelled experiment {case.experiment_id}: its results are"
+                        " not released (reject this one to close its review)"
+                    )
+                return False  # a rejection: the hub knows the case as cancelled already
             fresh = [body for body in bodies if not _queued(db, body)]
             if len(fresh) < len(bodies):
                 log.info(
@@ -367,6 +406,13 @@ def _into_outbox(
         raise PendingError(f"cannot queue the message in {path}: {e}") from e
     finally:
         db.close()
+
+
+def _cancelled(db: sqlite3.Connection, experiment_id: str) -> bool:
+    row = db.execute(
+        "SELECT cancelled FROM orders WHERE experiment_id = ?", (experiment_id,)
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _queued(db: sqlite3.Connection, body: bytes) -> bool:

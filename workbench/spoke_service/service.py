@@ -8,9 +8,10 @@ Threads, each with one job:
 - the outbox thread sends queued messages until the broker confirms each;
 - the heartbeat thread queues a ``spoke.heartbeat`` every ``heartbeat_s``.
 
-A cancel drops the experiment's queued cases and kills its running containers (labelled with
-the experiment); a run that ends after the cancel is settled as ``cancelled`` in the same
-transaction that checks the cancel, so its result never leaves. A case is not started once
+A cancel drops the experiment's queued cases, withdraws its results held for review, and
+kills its running containers (labelled with the experiment); a run that ends after the
+cancel is settled as ``cancelled`` in the same transaction that checks the cancel, so its
+result never leaves. A case is not started once
 the hub's clock has certainly passed the experiment's deadline (``deadlines.py``); a
 case already running is left to its own timeout, and the hub refuses its result if it
 arrives late. If the state database or the audit log cannot be written (disk full), the
@@ -279,12 +280,19 @@ class Spoke:
             log.warning("experiment %s: no case matches its cohort", manifest.experiment_id)
 
     def _cancel(self, experiment_id: str) -> None:
-        queued = self.state.cases(state="queued", experiment_id=experiment_id)
+        waiting = [
+            case
+            for state in ("queued", HELD_STATE)
+            for case in self.state.cases(state=state, experiment_id=experiment_id)
+        ]
         messages = {
             f"{c.participant_id}|{c.algorithm}|{c.attempt}": [self._status(c, "cancelled")]
-            for c in queued
+            for c in waiting
         }
         n = self.state.cancel(experiment_id, messages)
+        # Then the results held for review go: none can be released any more (the release
+        # checks the cancel in the spoke's own database, see ``pending``).
+        withdrawn = self._pending.withdraw(experiment_id)
         # The cancel is committed first: a run the kill ends is then settled as cancelled.
         try:
             stopped = self._engine.stop_containers(
@@ -294,8 +302,8 @@ class Spoke:
             log.error("experiment %s cancelled, but its containers were not stopped: %s",
                       experiment_id, e.detail)  # fmt: skip
             stopped = 0
-        log.info("experiment %s cancelled: %d queued cases dropped, %d running stopped",
-                 experiment_id, n, stopped)  # fmt: skip
+        log.info("experiment %s cancelled: %d waiting cases dropped (%d held results withdrawn),"
+                 " %d running stopped", experiment_id, n, withdrawn, stopped)  # fmt: skip
 
     # work -------------------------------------------------------------------------------
 
@@ -318,6 +326,8 @@ class Spoke:
                     case, state, messages, error, [self._status(case, "cancelled")]
                 )
                 if final != state:
+                    if state == HELD_STATE:  # held just before the cancel came: withdraw it
+                        self._pending.withdraw(case.experiment_id)
                     self.audit.append("case.cancelled", {
                         "experiment_id": case.experiment_id, "attempt": case.attempt,
                         "participant_id": case.participant_id, "algorithm": case.algorithm,

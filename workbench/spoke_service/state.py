@@ -217,17 +217,19 @@ class SpokeState:
         return [r[0] for r in rows]
 
     def cancel(self, experiment_id: str, messages_for: dict[str, list[tuple[str, bytes]]]) -> int:
-        """Mark the experiment cancelled and its queued cases ``cancelled``; returns how many."""
+        """Mark the experiment cancelled, and its queued cases and those whose result is held
+        for review (``pending``) ``cancelled``, queuing ``messages_for`` each; returns how many.
+        """
         with self.transaction() as db:
             db.execute("UPDATE orders SET cancelled = 1 WHERE experiment_id = ?", (experiment_id,))
             rows = db.execute(
                 "SELECT participant_id, algorithm, attempt FROM cases"
-                " WHERE experiment_id = ? AND state = 'queued'",
+                " WHERE experiment_id = ? AND state IN ('queued', 'held')",
                 (experiment_id,),
             ).fetchall()
             db.execute(
                 "UPDATE cases SET state = 'cancelled', updated_at = ?"
-                " WHERE experiment_id = ? AND state = 'queued'",
+                " WHERE experiment_id = ? AND state IN ('queued', 'held')",
                 (time.time(), experiment_id),
             )
             for participant_id, algorithm, attempt in rows:
