@@ -24,13 +24,15 @@ def registry(tmp_path: Path) -> Any:
         need("docker-registry is not installed")
     with ManagedRegistry(tmp_path / "registry") as running:
         yield running
+        import contextlib
+
         import docker
         from docker.errors import DockerException
 
-        try:  # the tests' pushes and pulls leave names for the registry's images
+        # The tests' pushes and pulls leave names for the registry's images (no engine:
+        # nothing was pushed).
+        with contextlib.suppress(DockerException):
             forget_references(docker.from_env(), running.address)
-        except DockerException:
-            pass  # no engine: nothing was pushed
 
 
 def test_a_pushed_image_is_pulled_back_by_digest_with_the_same_id(
