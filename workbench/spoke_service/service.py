@@ -4,19 +4,20 @@ Threads, each with one job:
 
 - the broker's delivery thread runs ``_on_order``: parse, check, store the order durably,
   plan its cases (and the messages announcing them) in one transaction, then ack;
-- ``concurrency`` worker threads claim queued cases one at a time and run them;
+- ``concurrency`` worker threads claim queued cases one at a time and run them
+  (``CaseWork.execute``, in ``casework.py``);
 - the outbox thread sends queued messages until the broker confirms each;
 - the heartbeat thread queues a ``spoke.heartbeat`` every ``heartbeat_s``.
 
 A cancel drops the experiment's queued cases, withdraws its results held for review, and
 kills its running containers (labelled with the experiment); a run that ends after the
 cancel is settled as ``cancelled`` in the same transaction that checks the cancel, so its
-result never leaves. A case is not started once
-the hub's clock has certainly passed the experiment's deadline (``deadlines.py``); a
-case already running is left to its own timeout, and the hub refuses its result if it
-arrives late. If the state database or the audit log cannot be written (disk full), the
-spoke halts (``failure``): nothing uncommitted is sent, and the case in hand stays
-``running`` in the committed state, to run again after a restart.
+result never leaves. A case is not started once the hub's clock has certainly passed the
+experiment's deadline (``deadlines.py``); a case already running is left to its own
+timeout, and the hub refuses its result if it arrives late. If the state database or the
+audit log cannot be written (disk full), the spoke halts (``failure``): nothing
+uncommitted is sent, and the case in hand stays ``running`` in the committed state, to run
+again after a restart.
 
 Nothing that leaves holds an identifier: cases are named by pseudonym, failures by a code
 from the fixed table, and the reference standard is reduced to the numbers a study asks for.
@@ -28,48 +29,41 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import BaseModel
-
 from workbench.core import messages as m
 from workbench.core.cohort import matches
-from workbench.core.headers import InstanceHeader
-from workbench.core.participant import Case, build_case
 from workbench.core.pseudonym import Pseudonymizer
 from workbench.core.run_errors import Error, RunErrorCode
 from workbench.errors import AuditError, CaseError, EngineError, SignatureError, SpokeHaltedError
+from workbench.spoke_service.casework import CaseWork, Outgoing, body, status
 from workbench.spoke_service.catalog import Catalog
 from workbench.spoke_service.config import SpokeConfig
 from workbench.spoke_service.deadlines import DeadlineReckoner
 from workbench.spoke_service.engine import ContainerEngine
+from workbench.spoke_service.identity import pseudonym_secret, signing_key
 from workbench.spoke_service.image_gate import ImageGate
 from workbench.spoke_service.outbox import OutboxSender
-from workbench.spoke_service.pending import HELD_STATE, CaseKey, PendingStore
+from workbench.spoke_service.participants import Participants
+from workbench.spoke_service.pending import HELD_STATE, PendingStore
 from workbench.spoke_service.reference import SiteReference
 from workbench.spoke_service.release_gate import ReleaseGate
-from workbench.spoke_service.runner import CaseRunner, RunResult
-from workbench.spoke_service.sandbox import EXPERIMENT_LABEL, SPOKE_LABEL, Limits
+from workbench.spoke_service.runner import CaseRunner
+from workbench.spoke_service.sandbox import EXPERIMENT_LABEL, SPOKE_LABEL
 from workbench.spoke_service.staging import DicomCache, Staging
 from workbench.spoke_service.state import CaseRow, SpokeState
 from workbench.transport.base import Broker, Delivery, Subscription
-from workbench.trust.audit import AuditLog, ChainHead
-from workbench.trust.canonical import canonical_json
-from workbench.trust.keys import TrustStore, load_private_key, new_key_pair
+from workbench.trust.audit import AuditLog
+from workbench.trust.keys import TrustStore
 from workbench.trust.wire import WireSigner, signature_of, verify_wire
 
 log = logging.getLogger(__name__)
 
-Outgoing = list[tuple[str, bytes]]
-_CASE_CACHE = 256  # participants whose case stays built between planning and running
 _SWEEP_S = 1.0  # how often a worker looks for queued cases past their deadline
 # What a full disk raises: SQLite's SQLITE_FULL (and kin), or the audit log refusing to write.
 _UNWRITABLE = (sqlite3.Error, AuditError, OSError)
@@ -104,32 +98,37 @@ class Spoke:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = SpokeState(config.state_path)
         self.catalog = Catalog.open(config.catalog_path)
-        self._pseudonymizer = Pseudonymizer(_secret(config))
+        self._participants = Participants(
+            self.catalog, Pseudonymizer(pseudonym_secret(config)), config.spoke_id
+        )
         self._dicom_cache = DicomCache(config.state_dir / "dicom-cache")
         self._runner = CaseRunner(
             engine, config.state_dir / "work", config.state_dir / "logs",
             background_cleanup=True, labels={SPOKE_LABEL: config.spoke_id},
             dicom_cache=self._dicom_cache,
         )  # fmt: skip
-        self._cases: OrderedDict[str, tuple[Case, list[InstanceHeader]]] = OrderedDict()
         self._trust = (
             TrustStore.from_paths(config.trusted_keys) if config.trusted_keys else TrustStore()
         )
-        self._signer = WireSigner(_signing_key(config))
+        self._signer = WireSigner(signing_key(config))
         self.audit = AuditLog(config.audit_path)
         self._outbox = OutboxSender(
             self.state, broker, self._signer,
             on_sent=self._audit_sent,
         )  # fmt: skip
-        self._gate = ReleaseGate(config.policy)
         self._images = ImageGate(engine, self._trust, config.policy, self.audit)
         self._pending = PendingStore.open(config.state_dir)
         self._work = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._subscription: Subscription | None = None
-        self._cache_lock = threading.Lock()
+        self._halt_lock = threading.Lock()
         self._deadlines = DeadlineReckoner(self.state, clock)
+        self._casework = CaseWork(
+            config.spoke_id, config.policy, self.state, self._participants, self._images,
+            self._runner, ReleaseGate(config.policy), self._pending, self._reference,
+            self._deadlines, self.audit,
+        )  # fmt: skip
         self._next_sweep = 0.0
         self.failure: SpokeHaltedError | None = None
         self.failed = threading.Event()
@@ -253,7 +252,7 @@ class Spoke:
         participants = 0
         for patient_id in self.catalog.patient_ids():
             try:
-                case = self._case(patient_id)
+                case = self._participants.case(patient_id)
             except CaseError as e:
                 log.warning("participant skipped: %s", e.detail)
                 continue
@@ -273,10 +272,10 @@ class Spoke:
             participants=participants,
             cases=len(rows),
         )
-        self.state.add_cases(rows, [(m.HUB_INBOX, _body(accepted)), *outgoing])
+        self.state.add_cases(rows, [(m.HUB_INBOX, body(accepted)), *outgoing])
         if not rows:
             # add_cases queues nothing when nothing is new: say so explicitly.
-            self.state.enqueue([(m.HUB_INBOX, _body(accepted))])
+            self.state.enqueue([(m.HUB_INBOX, body(accepted))])
             log.warning("experiment %s: no case matches its cohort", manifest.experiment_id)
 
     def _cancel(self, experiment_id: str) -> None:
@@ -321,7 +320,7 @@ class Spoke:
                 continue
             self._outbox.notify()
             try:
-                state, messages, error = self._execute(case)
+                state, messages, error = self._casework.execute(case)
                 final = self.state.finish(
                     case, state, messages, error, [self._status(case, "cancelled")]
                 )
@@ -343,7 +342,7 @@ class Spoke:
     def _halt(self, error: BaseException, doing: str) -> None:
         """Stop taking work because durable state cannot be written; say so loudly."""
         detail = f"{type(error).__name__}: {error}"
-        with self._cache_lock:
+        with self._halt_lock:
             first = self.failure is None
             if first:
                 self.failure = SpokeHaltedError(
@@ -382,135 +381,14 @@ class Spoke:
                             experiment_id, n)  # fmt: skip
                 self.audit.append("deadline.passed", {"experiment_id": experiment_id, "cases": n})
 
-    def _execute(self, case: CaseRow) -> tuple[str, Outgoing, str | None]:
-        """Run one case; returns its final state, the messages to send and an error code."""
-        order = m.parse_message(self.state.order_body(case.experiment_id) or b"")
-        assert isinstance(order, m.ExperimentOrder)
-        if self.state.is_cancelled(case.experiment_id):
-            return "cancelled", [self._status(case, "cancelled")], None
-        if self._deadlines.passed(case.experiment_id):  # claimed between two sweeps
-            self._audit_failure(case, RunErrorCode.DEADLINE_PASSED.value)
-            error = Error.of(RunErrorCode.DEADLINE_PASSED)
-            return "failed", [self._status(case, "failed", error)], error.code.value
-        manifest = order.manifest
-        algorithm = next(a for a in manifest.algorithms if a.name == case.algorithm)
-        try:
-            image_id = self._images.image_id(algorithm)
-            built = self._case(case.patient_id)
-            limits = self.config.policy.bound(
-                Limits(timeout_s=manifest.timeout_s, memory_bytes=manifest.memory_bytes)
-            )
-            result = self._runner.run(
-                built, image_id, algorithm.args, limits,
-                labels={EXPERIMENT_LABEL: case.experiment_id},
-            )  # fmt: skip
-        except (EngineError, CaseError) as e:
-            log.error("case %s/%s failed: %s", case.participant_id, case.algorithm, e.detail)
-            self._audit_failure(case, e.code.value)
-            return "failed", [self._status(case, "failed", Error.of(e.code))], e.code.value
-        except Exception:
-            log.exception("case %s/%s failed inside the spoke", case.participant_id, case.algorithm)
-            error = Error.of(RunErrorCode.INTERNAL)
-            return "failed", [self._status(case, "failed", error)], error.code.value
-        if result.error is not None:
-            log.warning("case %s/%s: %s (%s; log %s)", case.participant_id, case.algorithm,
-                        result.error.code.value, result.detail, result.log_path)  # fmt: skip
-            self._audit_failure(case, result.error.code.value)
-            return "failed", [self._status(case, "failed", result.error)], result.error.code.value
-        assert result.output is not None and result.output_bytes is not None
-        verdict = self._gate.check(
-            result.output,
-            result.output_bytes,
-            self._headers(case.patient_id),
-            algorithm.output_schema,
-        )
-        if verdict.rejected and verdict.error is not None:
-            # The detail names fields and kinds of identifier; it stays in the local log.
-            log.error("case %s/%s withheld: %s", case.participant_id, case.algorithm,
-                      verdict.detail)  # fmt: skip
-            self._audit_failure(case, verdict.error.code.value)
-            return "failed", [self._status(case, "failed", verdict.error)], verdict.error.code.value
-        message = self._result(case, order, image_id, result)
-        if verdict.held:
-            self.audit.append("result.held", {"participant_id": case.participant_id,
-                                              "algorithm": case.algorithm})  # fmt: skip
-            self._pending.hold(CaseKey.of(message), _body(message), verdict.summary)
-            log.info("case %s/%s held for release", case.participant_id, case.algorithm)
-            return HELD_STATE, [], None
-        return "done", [(m.HUB_INBOX, _body(message)), self._status(case, "done")], None
-
     def _audit_sent(self, seqs: list[int]) -> None:
         try:
             self.audit.append("messages.sent", {"outbox": seqs}, durable=False)
         except AuditError as e:  # on the outbox thread, which must go on sending
             self._halt(e, "recording sent messages")
 
-    def _audit_failure(self, case: CaseRow, code: str) -> None:
-        self.audit.append("case.failed", {
-            "experiment_id": case.experiment_id, "participant_id": case.participant_id,
-            "algorithm": case.algorithm, "attempt": case.attempt, "code": code,
-        })  # fmt: skip
-
-    def _case(self, patient_id: str) -> Case:
-        """One participant's case, from a small cache (planning built it moments ago)."""
-        return self._participant(patient_id)[0]
-
-    def _headers(self, patient_id: str) -> list[InstanceHeader]:
-        """One participant's DICOM headers (the release gate scans outputs for them)."""
-        return self._participant(patient_id)[1]
-
-    def _participant(self, patient_id: str) -> tuple[Case, list[InstanceHeader]]:
-        with self._cache_lock:
-            if patient_id in self._cases:
-                self._cases.move_to_end(patient_id)
-                return self._cases[patient_id]
-        headers = self.catalog.participant_headers(patient_id)
-        entry = (build_case(headers, self._pseudonymizer, self.config.spoke_id), headers)
-        with self._cache_lock:
-            self._cases[patient_id] = entry
-            while len(self._cases) > _CASE_CACHE:
-                self._cases.popitem(last=False)
-        return entry
-
-    def _result(
-        self, case: CaseRow, order: m.ExperimentOrder, image_id: str, result: RunResult
-    ) -> m.CaseResult:
-        assert result.output is not None and result.output_bytes is not None
-        output_sha256 = hashlib.sha256(result.output_bytes).hexdigest()
-        # The chain of custody: the result names the audit entry that records it (that
-        # entry's own seq and hash: other threads append too, so not the head a moment later).
-        entry = self.audit.append("result.released", {
-            "experiment_id": case.experiment_id, "participant_id": case.participant_id,
-            "algorithm": case.algorithm, "attempt": case.attempt,
-            "manifest_hash": order.manifest_hash, "image_digest": image_id,
-            "output_sha256": output_sha256,
-        })  # fmt: skip
-        return m.CaseResult(
-            experiment_id=case.experiment_id,
-            spoke_id=self.config.spoke_id,
-            participant_id=case.participant_id,
-            algorithm=case.algorithm,
-            attempt=case.attempt,
-            manifest_hash=order.manifest_hash,
-            image_digest=image_id,
-            output=result.output,
-            output_sha256=output_sha256,
-            reference=self._reference.for_patient(case.patient_id, order.manifest.reference_fields),
-            seconds=round(result.seconds, 3),
-            audit_head=str(ChainHead(entry["seq"], entry["hash"])),
-        )
-
     def _status(self, case: CaseRow, state: str, error: Error | None = None) -> tuple[str, bytes]:
-        status = m.CaseStatus(
-            experiment_id=case.experiment_id,
-            spoke_id=self.config.spoke_id,
-            participant_id=case.participant_id,
-            algorithm=case.algorithm,
-            attempt=case.attempt,
-            state=state,  # type: ignore[arg-type]
-            error=m.ErrorInfo(code=error.code, reason=error.reason) if error else None,
-        )
-        return (m.HUB_INBOX, _body(status))
+        return status(self.config.spoke_id, case, state, error)
 
     # announcements ----------------------------------------------------------------------
 
@@ -525,7 +403,7 @@ class Spoke:
                 participants=self.catalog.counts().participants,
             )
             try:
-                self.state.enqueue([(m.HUB_INBOX, _body(beat))])
+                self.state.enqueue([(m.HUB_INBOX, body(beat))])
             except _UNWRITABLE as e:
                 self._halt(e, "queuing a heartbeat")
                 return
@@ -546,7 +424,7 @@ class Spoke:
             json.dumps([counts.instances, counts.series, summary], sort_keys=True).encode()
         ).hexdigest()
         if self.state.get_setting("manifest") != fingerprint:
-            self.state.enqueue([(m.HUB_INBOX, _body(manifest))])
+            self.state.enqueue([(m.HUB_INBOX, body(manifest))])
             self.state.set_setting("manifest", fingerprint)
 
     # numbers ----------------------------------------------------------------------------
@@ -556,29 +434,3 @@ class Spoke:
         counts = self.state.counts()
         busy = counts.get("queued", 0) + counts.get("running", 0)
         return busy == 0 and not self.state.pending(limit=1)
-
-
-def _body(message: BaseModel) -> bytes:
-    """A message as the canonical JSON bytes the outbox signs."""
-    return canonical_json(message.model_dump(mode="json"))
-
-
-def _signing_key(config: SpokeConfig) -> Ed25519PrivateKey:
-    """The spoke's signing key; made on first start when none is configured.
-
-    The operator gives ``keys/public.pem`` to the hub, which trusts it under the spoke's id.
-    """
-    path = config.key_path
-    if not path.exists() and config.signing_key is None:
-        new_key_pair(path.parent)
-    return load_private_key(path)
-
-
-def _secret(config: SpokeConfig) -> bytes:
-    """The spoke's pseudonym secret; made (mode 0600) on first start."""
-    path = config.secret_path
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return bytes.fromhex(path.read_text().strip())
