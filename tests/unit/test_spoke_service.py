@@ -387,6 +387,9 @@ def test_a_cancel_withdraws_the_results_held_for_review(site: Path) -> None:
     assert not [x for x in seen if isinstance(x, m.CaseResult)]
     cancelled = {x.participant_id for x in seen if getattr(x, "state", "") == "cancelled"}
     assert len(cancelled) == 2
+    entries = [json.loads(x) for x in held_config.audit_path.read_text().splitlines()]
+    withdrawals = [e["data"] for e in entries if e["event"] == "results.withdrawn"]
+    assert withdrawals == [{"experiment_id": "exp-1", "results": 2}]
 
 
 def test_unsigned_or_foreign_orders_are_refused_and_audited(site: Path) -> None:

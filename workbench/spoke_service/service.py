@@ -291,7 +291,7 @@ class Spoke:
         n = self.state.cancel(experiment_id, messages)
         # Then the results held for review go: none can be released any more (the release
         # checks the cancel in the spoke's own database, see ``pending``).
-        withdrawn = self._pending.withdraw(experiment_id)
+        withdrawn = self._withdraw_held(experiment_id)
         # The cancel is committed first: a run the kill ends is then settled as cancelled.
         try:
             stopped = self._engine.stop_containers(
@@ -303,6 +303,15 @@ class Spoke:
             stopped = 0
         log.info("experiment %s cancelled: %d waiting cases dropped (%d held results withdrawn),"
                  " %d running stopped", experiment_id, n, withdrawn, stopped)  # fmt: skip
+
+    def _withdraw_held(self, experiment_id: str) -> int:
+        """Reject the cancelled experiment's results held for review; audited if any."""
+        withdrawn = self._pending.withdraw(experiment_id)
+        if withdrawn:
+            self.audit.append(
+                "results.withdrawn", {"experiment_id": experiment_id, "results": withdrawn}
+            )
+        return withdrawn
 
     # work -------------------------------------------------------------------------------
 
@@ -326,7 +335,7 @@ class Spoke:
                 )
                 if final != state:
                     if state == HELD_STATE:  # held just before the cancel came: withdraw it
-                        self._pending.withdraw(case.experiment_id)
+                        self._withdraw_held(case.experiment_id)
                     self.audit.append("case.cancelled", {
                         "experiment_id": case.experiment_id, "attempt": case.attempt,
                         "participant_id": case.participant_id, "algorithm": case.algorithm,
