@@ -188,7 +188,9 @@ def test_a_result_for_a_case_cancelled_while_it_ran_is_withheld(tmp_path: Path) 
     state.add_cases([case], [])
     claimed = state.claim_next(lambda c: [])
     assert claimed is not None
-    state.cancel("exp-1", {})  # arrives while the case runs: only queued cases are touched
+    state.cancel(
+        "exp-1", lambda _: []
+    )  # arrives while the case runs: only queued cases are touched
 
     written = state.finish(claimed, "done", [("/queue/hub", b"result")], None, [("/q", b"cxl")])
 

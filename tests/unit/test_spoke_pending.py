@@ -174,7 +174,7 @@ def cancel(state_dir: Path, experiment_id: str = "exp-1") -> None:
     state = SpokeState(state_dir / "state.sqlite")
     try:
         state.store_order(experiment_id, "0" * 64, b"{}")
-        state.cancel(experiment_id, {})
+        state.cancel(experiment_id, lambda _: [])
     finally:
         state.close()
 
@@ -209,6 +209,57 @@ def test_withdraw_rejects_the_held_results_of_one_experiment_only(tmp_path: Path
         assert withdrawn.reason == "withdrawn: the hub cancelled the experiment"
         assert [t.state for t in store.history(mine_id)] == ["held", "rejected"]
         assert kept.state == "held"
+
+
+def test_a_release_while_the_spoke_still_records_the_case_is_refused(tmp_path: Path) -> None:
+    message = result()
+    spoke_state(tmp_path, message)
+    state = SpokeState(tmp_path / "state.sqlite")
+    [case] = state.cases()
+    state.set_case_state(case, "running", [])  # the worker held it and has not settled yet
+    state.close()
+    with PendingStore.open(tmp_path) as store:
+        held_id = hold(store, message)
+
+    with pytest.raises(PendingError, match="still recording case p-0001/lung-lav950"):
+        release_held(tmp_path, held_id)
+
+    assert outbox(tmp_path) == []
+    with PendingStore.open(tmp_path) as store:
+        assert store.get(held_id).state == "held"
+
+
+def test_a_cancel_announces_the_cases_held_or_queued_when_it_commits(tmp_path: Path) -> None:
+    held, queued, done = result("p-1"), result("p-2"), result("p-3")
+    spoke_state(tmp_path, held, queued, done)
+    state = SpokeState(tmp_path / "state.sqlite")
+    try:
+        state.store_order("exp-1", "0" * 64, b"{}")
+        cases = {c.participant_id: c for c in state.cases()}
+        state.set_case_state(cases["p-2"], "queued", [])
+        state.set_case_state(cases["p-3"], "done", [])
+        announced: list[tuple[str, str]] = []
+
+        n = state.cancel("exp-1", lambda c: announced.append((c.participant_id, c.state)) or [])
+
+        assert n == 2
+        assert sorted(announced) == [("p-1", "cancelled"), ("p-2", "cancelled")]
+        assert state.cancelled_experiments() == ["exp-1"]
+    finally:
+        state.close()
+    assert case_states(tmp_path) == {"p-1": "cancelled", "p-2": "cancelled", "p-3": "done"}
+
+
+def test_withdraw_leaves_a_result_the_spoke_already_queued(tmp_path: Path) -> None:
+    sent, waiting = result("p-1"), result("p-2")
+    with PendingStore.open(tmp_path) as store:
+        sent_id, waiting_id = hold(store, sent), hold(store, waiting)
+
+        # p-1's release committed in the spoke's database, then the process died.
+        assert store.withdraw("exp-1", released={("p-1", "lung-lav950", 1)}) == 1
+
+        assert store.get(sent_id).state == "held"  # releasing it again completes the record
+        assert store.get(waiting_id).state == "rejected"
 
 
 def test_a_release_retried_after_a_crash_sends_once(tmp_path: Path) -> None:

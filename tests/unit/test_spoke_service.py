@@ -16,6 +16,7 @@ from workbench.core import messages as m
 from workbench.spoke_service.config import SpokeConfig
 from workbench.spoke_service.policy import SpokePolicy
 from workbench.spoke_service.service import Spoke
+from workbench.spoke_service.state import SpokeState
 from workbench.transport.base import DEAD_LETTER_QUEUE
 from workbench.transport.memory import InMemoryBroker
 from workbench.trust.image_signature import sign_image
@@ -390,6 +391,32 @@ def test_a_cancel_withdraws_the_results_held_for_review(site: Path) -> None:
     entries = [json.loads(x) for x in held_config.audit_path.read_text().splitlines()]
     withdrawals = [e["data"] for e in entries if e["event"] == "results.withdrawn"]
     assert withdrawals == [{"experiment_id": "exp-1", "results": 2}]
+
+
+def test_a_spoke_that_stopped_between_a_cancel_and_the_withdrawal_withdraws_on_start(
+    site: Path,
+) -> None:
+    from dataclasses import replace
+
+    from workbench.spoke_service.pending import CaseKey, PendingStore
+
+    base = config(site)
+    held_config = replace(base, policy=replace(base.policy, manual_release=True))
+    held_config.state_dir.mkdir(parents=True, exist_ok=True)
+    state = SpokeState(held_config.state_path)
+    state.store_order("exp-1", "0" * 64, b"{}")
+    state.cancel("exp-1", lambda _: [])
+    state.close()
+    key = CaseKey("site-01", "exp-1", "p-1", "score", 1)
+    with PendingStore.open(held_config.state_dir) as store:
+        held_id = store.hold(key, b"{}", "manual release")
+
+    spoke = Spoke(held_config, InMemoryBroker().connect(), FakeEngine(write_score))
+    spoke.start()
+    spoke.stop()
+
+    with PendingStore.open(held_config.state_dir) as store:
+        assert (store.get(held_id).state, store.get(held_id).decided_by) == ("rejected", "hub")
 
 
 def test_unsigned_or_foreign_orders_are_refused_and_audited(site: Path) -> None:

@@ -29,7 +29,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,21 +244,25 @@ class PendingStore:
         """
         return self._decide(held_id, "rejected", reason.strip()[:_MAX_REASON] or None, deliver)
 
-    def withdraw(self, experiment_id: str) -> int:
+    def withdraw(self, experiment_id: str, released: Collection[tuple[str, str, int]] = ()) -> int:
         """The hub cancelled the experiment: its held results are rejected, by ``hub``.
 
         Nothing is sent (the spoke reports the cases ``cancelled``); the reason is recorded
         with each transition. Returns how many were withdrawn; results already released or
-        rejected are left as they are.
+        rejected are left as they are, and so are those whose ``(participant_id, algorithm,
+        attempt)`` is in ``released``: the spoke's own database says they were queued to
+        send (a release that crashed before recording it here; releasing again completes it).
         """
         now = time.time()
         with self._transaction() as db:
             ids = [
-                int(row[0])
-                for row in db.execute(
-                    "SELECT id FROM held WHERE experiment_id = ? AND state = 'held'",
+                int(held_id)
+                for held_id, participant_id, algorithm, attempt in db.execute(
+                    "SELECT id, participant_id, algorithm, attempt FROM held"
+                    " WHERE experiment_id = ? AND state = 'held'",
                     (experiment_id,),
                 )
+                if (participant_id, algorithm, int(attempt)) not in released
             ]
             for held_id in ids:
                 db.execute(
@@ -376,6 +380,12 @@ def _into_outbox(
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox'").fetchone() is None:
             raise PendingError(f"{path} has no outbox: is it a spoke's state database?")
         with immediate(db):
+            if case is not None and _case_state(db, case) == "running":
+                # Held a moment ago, and the spoke is still recording the case's outcome.
+                raise PendingError(
+                    f"the spoke is still recording case {case.participant_id}/{case.algorithm};"
+                    " try again in a moment"
+                )
             if case is not None and _cancelled(db, case.experiment_id):
                 if case_state == "done":
                     raise PendingError(
@@ -406,6 +416,15 @@ def _into_outbox(
         raise PendingError(f"cannot queue the message in {path}: {e}") from e
     finally:
         db.close()
+
+
+def _case_state(db: sqlite3.Connection, case: CaseKey) -> str | None:
+    row = db.execute(
+        "SELECT state FROM cases WHERE experiment_id = ? AND participant_id = ?"
+        " AND algorithm = ? AND attempt = ?",
+        (case.experiment_id, case.participant_id, case.algorithm, case.attempt),
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _cancelled(db: sqlite3.Connection, experiment_id: str) -> bool:

@@ -150,6 +150,9 @@ class Spoke:
         requeued = self.state.requeue_interrupted()
         if requeued:
             log.warning("re-running %d cases interrupted by the last shutdown", requeued)
+        for experiment_id in self.state.cancelled_experiments():
+            # The spoke may have stopped between a cancel and the withdrawal it entails.
+            self._withdraw_held(experiment_id)
         self.audit.append("spoke.started", {"key_id": self._signer.key_id, "requeued": requeued,
                                             "trusted_keys": list(self._trust.key_ids)})  # fmt: skip
         self._announce_catalog()
@@ -279,16 +282,7 @@ class Spoke:
             log.warning("experiment %s: no case matches its cohort", manifest.experiment_id)
 
     def _cancel(self, experiment_id: str) -> None:
-        waiting = [
-            case
-            for state in ("queued", HELD_STATE)
-            for case in self.state.cases(state=state, experiment_id=experiment_id)
-        ]
-        messages = {
-            f"{c.participant_id}|{c.algorithm}|{c.attempt}": [self._status(c, "cancelled")]
-            for c in waiting
-        }
-        n = self.state.cancel(experiment_id, messages)
+        n = self.state.cancel(experiment_id, lambda c: [self._status(c, "cancelled")])
         # Then the results held for review go: none can be released any more (the release
         # checks the cancel in the spoke's own database, see ``pending``).
         withdrawn = self._withdraw_held(experiment_id)
@@ -306,7 +300,11 @@ class Spoke:
 
     def _withdraw_held(self, experiment_id: str) -> int:
         """Reject the cancelled experiment's results held for review; audited if any."""
-        withdrawn = self._pending.withdraw(experiment_id)
+        released = {
+            (c.participant_id, c.algorithm, c.attempt)
+            for c in self.state.cases(state="done", experiment_id=experiment_id)
+        }
+        withdrawn = self._pending.withdraw(experiment_id, released)
         if withdrawn:
             self.audit.append(
                 "results.withdrawn", {"experiment_id": experiment_id, "results": withdrawn}

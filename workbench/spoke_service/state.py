@@ -216,15 +216,20 @@ class SpokeState:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def cancel(self, experiment_id: str, messages_for: dict[str, list[tuple[str, bytes]]]) -> int:
+    def cancel(
+        self, experiment_id: str, announce: Callable[[CaseRow], list[tuple[str, bytes]]]
+    ) -> int:
         """Mark the experiment cancelled, and its queued cases and those whose result is held
-        for review (``pending``) ``cancelled``, queuing ``messages_for`` each; returns how many.
+        for review (``pending``) ``cancelled``, queuing ``announce(case)`` for each, in one
+        transaction; returns how many. The cases are read inside the transaction: a case a
+        worker settles as held a moment before is announced too.
         """
         with self.transaction() as db:
             db.execute("UPDATE orders SET cancelled = 1 WHERE experiment_id = ?", (experiment_id,))
             rows = db.execute(
-                "SELECT participant_id, algorithm, attempt FROM cases"
-                " WHERE experiment_id = ? AND state IN ('queued', 'held')",
+                "SELECT experiment_id, participant_id, algorithm, attempt, patient_id, state"
+                " FROM cases WHERE experiment_id = ? AND state IN ('queued', 'held')"
+                " ORDER BY rowid",
                 (experiment_id,),
             ).fetchall()
             db.execute(
@@ -232,9 +237,20 @@ class SpokeState:
                 " WHERE experiment_id = ? AND state IN ('queued', 'held')",
                 (time.time(), experiment_id),
             )
-            for participant_id, algorithm, attempt in rows:
-                _enqueue(db, messages_for.get(f"{participant_id}|{algorithm}|{attempt}", []))
+            for experiment, participant_id, algorithm, attempt, patient_id, _ in rows:
+                case = CaseRow(
+                    experiment, participant_id, algorithm, attempt, patient_id, "cancelled"
+                )
+                _enqueue(db, announce(case))
             return len(rows)
+
+    def cancelled_experiments(self) -> list[str]:
+        """The experiments the hub cancelled."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT experiment_id FROM orders WHERE cancelled = 1"
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def cases(self, state: str | None = None, experiment_id: str | None = None) -> list[CaseRow]:
         """Cases, optionally only those in ``state`` or of one experiment, in a stable order."""
