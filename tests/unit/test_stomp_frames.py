@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import stomp.transport
 import stomp.utils
 from hypothesis import given
@@ -61,10 +63,43 @@ def test_any_frame_parses_as_stomp_py_parses_it(
     _same(frame)
 
 
+@given(st.lists(st.binary(max_size=16), max_size=5), st.binary(max_size=8))
+def test_any_bytes_in_the_headers_parse_as_stomp_py_parses_them(
+    lines: list[bytes], body: bytes
+) -> None:
+    # Invalid UTF-8 too: stomp.py replaces it (U+FFFD) rather than failing the frame loop.
+    _same(b"\n".join([b"MESSAGE", *lines]) + b"\n\n" + body)
+
+
+def test_invalid_utf8_in_a_header_is_replaced_not_raised() -> None:
+    parsed = parse_frame(b"MESSAGE\nx:\xff\xfe\nmessage-id:1\n\nbody")
+    assert parsed is not None
+    assert parsed.headers == {"x": "\ufffd\ufffd", "message-id": "1"}
+
+
+# stomp.py 9.0's frame loop, which FastFrames repeats with only the parser changed.
+_STOMP_PY_FRAME_LOOP = """\
+    def __read_frames(self):
+        frames = self.__read()
+
+        for frame in frames:
+            if self.__is_eol(frame):
+                f = HEARTBEAT_FRAME
+            else:
+                f = parse_frame(frame)
+            if f is None:
+                continue
+            if self.__auto_decode:
+                f.body = decode(f.body)
+            self.process_frame(f, frame)
+"""
+
+
 def test_our_transports_replace_the_frame_loop_stomp_py_has() -> None:
-    # The mixin names stomp.py's private method: if stomp.py renamed it, ours would never
-    # run (silently slower, not wrong). This fails first.
-    assert hasattr(stomp.transport.BaseTransport, "_BaseTransport__read_frames")
+    # The mixin names stomp.py's private method and repeats its body: if a stomp.py release
+    # renamed or changed it, ours would silently differ. This fails first.
+    loop = stomp.transport.BaseTransport._BaseTransport__read_frames  # type: ignore[attr-defined]
+    assert inspect.getsource(loop) == _STOMP_PY_FRAME_LOOP
     for transport in (stomp_connection._Transport, stomp_connection._TlsTransport):
         assert issubclass(transport, FastFrames)
         assert transport._BaseTransport__read_frames is FastFrames._BaseTransport__read_frames
@@ -96,3 +131,21 @@ def test_the_frame_loop_hands_parsed_frames_and_heartbeats_to_process_frame() ->
     heartbeat = Fed([b"\n"])
     heartbeat._BaseTransport__read_frames()
     assert heartbeat.seen == [("heartbeat", {}, None)]
+
+
+def test_the_frame_loop_decodes_bodies_when_the_transport_auto_decodes() -> None:
+    class Decoding(stomp_connection._Transport):
+        def __init__(self) -> None:
+            super().__init__(host_and_ports=[("127.0.0.1", 1)], auto_decode=True)
+            self.seen: list[object] = []
+            self.running = True
+
+        def receive(self) -> bytes:
+            return "MESSAGE\nmessage-id:1\n\nné\x00".encode()
+
+        def process_frame(self, f: stomp.utils.Frame, frame_str: bytes) -> None:
+            self.seen.append(f.body)
+
+    decoding = Decoding()
+    decoding._BaseTransport__read_frames()
+    assert decoding.seen == ["né"]

@@ -13,7 +13,7 @@ replaces the transport's frame loop, which calls stomp.py's module-level ``parse
 with one that calls ours. It has to name stomp.py's private method
 (``BaseTransport.__read_frames``), so the stomp.py versions it works with are pinned in
 ``pyproject.toml``, and ``tests/unit/test_stomp_frames.py`` checks both that the method it
-replaces exists and that every frame parses exactly as stomp.py parses it. The module
+replaces is still the loop it repeats and that every frame parses as stomp.py parses it. The module
 global is not patched: raw stomp.py connections in the same process (the benchmarks'
 baselines) keep stomp.py's own parser.
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from stomp.utils import HEARTBEAT_FRAME, Frame
+from stomp.utils import HEARTBEAT_FRAME, Frame, decode
 
 __all__ = ["FastFrames", "parse_frame"]
 
@@ -40,7 +40,8 @@ _UNESCAPES = {"\\r": "\r", "\\n": "\n", "\\c": ":", "\\\\": "\\"}
 def parse_frame(frame: bytes) -> Frame | None:
     """A received frame (without its NUL) as stomp.py's ``Frame``; None if it has no command.
 
-    Same result as ``stomp.utils.parse_frame``: lines end with LF or CRLF, leading empty
+    Same result as ``stomp.utils.parse_frame``: the headers are UTF-8 (an invalid byte
+    becomes U+FFFD), lines end with LF or CRLF, leading empty
     lines are skipped, a header line is ``key:value`` split at the first colon, a line
     without a colon or with an empty key is ignored, the first of repeated headers wins
     (STOMP 1.2), escapes ``\\r \\n \\c \\\\`` are undone in keys and values (others are kept
@@ -51,7 +52,7 @@ def parse_frame(frame: bytes) -> Frame | None:
         preamble, body = frame, b""
     else:
         preamble, body = frame[: end.start()], frame[end.end() :]
-    lines = _LINE_END.split(preamble.decode("utf-8"))
+    lines = _LINE_END.split(preamble.decode("utf-8", "replace"))  # as stomp.utils.decode
     first = 0
     while first < len(lines) and not lines[first]:
         first += 1
@@ -85,19 +86,22 @@ def _unescape(match: re.Match[str]) -> str:
 class FastFrames:
     """Mixin for a ``stomp.transport.Transport``: its receiver loop parses with ``parse_frame``.
 
-    Everything else is stomp.py's: reading the socket and splitting it into frames
-    (``__read``, which honours ``content-length``), heart-beat frames, and handing each
-    frame to ``process_frame`` and the listeners. The transport must not ``auto_decode``
-    bodies (ours never do: bodies are bytes, signatures are over bytes).
+    The loop is stomp.py 9's ``BaseTransport.__read_frames`` with only the parser changed:
+    stomp.py reads the socket and splits it into frames (``__read``, which honours
+    ``content-length``), tells heart-beats by its ``__is_eol``, decodes bodies if the
+    transport ``auto_decode``s (ours do not: signatures are over bytes), and hands each frame
+    to ``process_frame`` and the listeners.
     """
 
     def _BaseTransport__read_frames(self) -> None:  # stomp.py's mangled name
         this: Any = self
         for frame in this._BaseTransport__read():
-            if frame in (b"\n", b"\r\n"):
+            if this._BaseTransport__is_eol(frame):
                 parsed = HEARTBEAT_FRAME
             else:
                 parsed = parse_frame(frame)
                 if parsed is None:
                     continue
+            if this._BaseTransport__auto_decode:
+                parsed.body = decode(parsed.body)
             this.process_frame(parsed, frame)
