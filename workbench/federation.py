@@ -98,10 +98,16 @@ class LocalFederation:
         for name in [n for n in self._processes if n != "hub"]:
             self.stop_process(name)
         self.stop_process("hub")
-        if self._docker is not None:  # images were pushed: drop their registry names
-            forget_references(self._docker, self.registry.address)
-        self.registry.stop()
-        self.broker.stop()
+        try:
+            if self._docker is not None:  # images were pushed: drop their registry names
+                forget_references(self._docker, self.registry.address)
+        except Exception as e:  # tidying only: the registry and broker must still stop
+            log.warning("could not remove the registry's image names: %s", e)
+        finally:
+            try:
+                self.registry.stop()
+            finally:
+                self.broker.stop()
 
     def __enter__(self) -> LocalFederation:
         try:

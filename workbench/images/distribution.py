@@ -152,8 +152,8 @@ def forget_references(client: Any, registry: str) -> int:
 
     prefix = f"{registry}/"
     removed = 0
-    for image in client.images.list():
-        names = [*(image.attrs.get("RepoTags") or []), *(image.attrs.get("RepoDigests") or [])]
+    for image in client.api.images():  # the summaries: no inspection per image
+        names = [*(image.get("RepoTags") or []), *(image.get("RepoDigests") or [])]
         ours = [name for name in names if name.startswith(prefix)]
         if not ours or len(ours) == len(names):
             continue
