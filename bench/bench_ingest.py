@@ -166,10 +166,10 @@ def hub_round(
     )
     experiment_id = status.experiment_id
     fill(port, m.HUB_INBOX, results(experiment_id, status.manifest_hash, n, key=spoke_key))
+    freeze_startup_heap()  # as `workbench hub serve` does before it starts the hub
     meter = meter or Meter(None)
     started = meter.read()
     hub.start()
-    freeze_startup_heap()  # as `workbench hub serve` does
     deadline = time.monotonic() + 300
     # Watch the ingestor's own counter (committed and acknowledged), not the database: a
     # count query every few milliseconds would compete with the ingestion it measures.
@@ -188,10 +188,12 @@ def hub_round(
 
 
 def raw_round(port: int, queue: str, n: int, meter: Meter) -> Drain:
-    """Seconds (and CPU seconds) for a raw stomp.py consumer to drain ``n`` from ``queue``."""
+    """Seconds (from SUBSCRIBE to the last message, as ``consume_raw`` times them) and CPU
+    seconds (the call's, connecting included) for a raw stomp.py consumer to drain ``n``."""
     started = meter.read()
-    consume_raw(port, queue, n, PREFETCH)
-    return meter.since(started)
+    seconds = consume_raw(port, queue, n, PREFETCH)
+    _, cpu, broker_cpu = meter.since(started)
+    return seconds, cpu, broker_cpu
 
 
 def main() -> int:
@@ -209,7 +211,10 @@ def main() -> int:
         port = status.stomp_port
         assert port is not None
         sample = results("exp-x", "0" * 64, ns.messages, key=spoke_key)
-        meter = Meter(broker.pid())
+        broker_pid = broker.pid()
+        if broker_pid is None:
+            raise RuntimeError("the broker's process id is unknown: its CPU cannot be read")
+        meter = Meter(broker_pid)
         raw_drains: list[Drain] = []
         hub_drains: list[Drain] = []
         try:

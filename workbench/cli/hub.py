@@ -92,8 +92,8 @@ def _serve(ns: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        hub.start()
         freeze_startup_heap()
+        hub.start()
         say(f"hub serving at {hub.url} (store {config.db}); stop with Ctrl-C")
         if hub.trust is None or hub.signer is None:
             say("WARNING: insecure_unsigned: orders are not signed or spoke messages not verified")

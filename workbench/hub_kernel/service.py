@@ -411,10 +411,12 @@ def freeze_startup_heap() -> None:
     schemas, the connections: some 100,000 objects) until it exits, yet each full
     collection walks them all again: about one per 5,000 ingested messages, 35-50 ms each.
     Frozen, they are skipped: the ingestion benchmark's hub spends 5-8 µs less CPU per
-    message. ``workbench hub serve`` calls this once its hub has started. ``Hub.start``
-    does not: a process that starts many hubs (the test suite) would then keep the cyclic
-    garbage of each one forever.
+    message. ``workbench hub serve`` calls this once its hub is built, before it starts
+    (so no message is in flight); garbage is collected first, so none of it is kept.
+    ``Hub.start`` does not call it: a process that starts many hubs (the test suite) would
+    then keep the cyclic garbage of each one forever.
     """
+    gc.collect()
     gc.freeze()
 
 
