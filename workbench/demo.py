@@ -24,7 +24,7 @@ from workbench.federation import LocalFederation, Site
 from workbench.images.algorithms import build_algorithms
 from workbench.images.base import build_base
 from workbench.spoke_service.engine import DockerEngine
-from workbench.synth.cohort import generate_cohort
+from workbench.synth.cohort import generate_cohort, has_cohort
 from workbench.trust.audit import verify as verify_audit
 
 STUDY = "lung-screening"
@@ -47,7 +47,7 @@ def run_demo(out: Path, spokes: int, participants: int, say: Say) -> int:
     build_base(engine.client, progress=say)
     built = build_algorithms(engine.client, names=list(ALGORITHMS), progress=say)
     cohort = out / "cohort"
-    if not _same_cohort(cohort, spokes, participants):
+    if not has_cohort(cohort, spokes, participants):
         say(f"generating a synthetic cohort: {spokes} sites x {participants} participants")
         generate_cohort(cohort, spokes, participants, seed=2026)
     sites = [Site(p.name, p / "dicom", p / "reference.csv") for p in sorted(cohort.glob("site-*"))]
@@ -72,16 +72,6 @@ def run_demo(out: Path, spokes: int, participants: int, say: Say) -> int:
     say(f"wrote {out / 'summary.json'} and {report}")
     complete = summary["results_received"] == summary["cases_total"]
     return 0 if complete and all(summary["audit_logs_intact"].values()) else 1
-
-
-def _same_cohort(cohort: Path, sites: int, participants: int) -> bool:
-    marker = cohort / "cohort.json"
-    if not marker.exists():
-        return False
-    meta = json.loads(marker.read_text())
-    return len(meta["sites"]) == sites and all(
-        s["participants"] == participants for s in meta["sites"]
-    )
 
 
 def _wait(client: Any, experiment_id: str, say: Say) -> dict[str, Any]:

@@ -12,7 +12,6 @@ Engine (a demo, a test) may run its own ``site-01``.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -79,13 +78,13 @@ def start_federation(
     from workbench.images.algorithms import build_algorithms
     from workbench.images.base import build_base
     from workbench.spoke_service.engine import DockerEngine
-    from workbench.synth.cohort import generate_cohort
+    from workbench.synth.cohort import generate_cohort, has_cohort
 
     engine = DockerEngine.from_env()
     build_base(engine.client, progress=say)
     built = build_algorithms(engine.client, names=[ALGORITHM], progress=say)
     cohort = out / "cohort"
-    if not _same_cohort(cohort, spokes, participants):
+    if not has_cohort(cohort, spokes, participants):
         say(f"generating a synthetic cohort: {spokes} sites x {participants} participants")
         generate_cohort(cohort, spokes, participants, seed=2026)
     tag = secrets.token_hex(2)
@@ -103,16 +102,6 @@ def start_federation(
         raise
     say(f"hub at {federation.hub_url}; broker {federation.broker.stomp_url}")
     return federation, engine.client
-
-
-def _same_cohort(cohort: Path, sites: int, participants: int) -> bool:
-    marker = cohort / "cohort.json"
-    if not marker.exists():
-        return False
-    meta = json.loads(marker.read_text())
-    return len(meta["sites"]) == sites and all(
-        s["participants"] == participants for s in meta["sites"]
-    )
 
 
 def _fresh(root: Path) -> Path:

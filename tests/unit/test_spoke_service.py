@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,12 @@ from fakes import IMAGE_ID, FakeEngine
 
 from workbench.core import messages as m
 from workbench.spoke_service.config import SpokeConfig
+from workbench.spoke_service.pending import (
+    CaseKey,
+    PendingError,
+    PendingStore,
+    release_held,
+)
 from workbench.spoke_service.policy import SpokePolicy
 from workbench.spoke_service.service import Spoke
 from workbench.spoke_service.state import SpokeState
@@ -319,14 +326,22 @@ def test_an_output_naming_the_patient_never_leaves(site: Path) -> None:
     }
 
 
-def test_with_manual_release_results_wait_for_a_person(site: Path) -> None:
-    from dataclasses import replace
-
-    from workbench.spoke_service.pending import PendingStore, release_held
-
-    server = InMemoryBroker()
+def manual_release(site: Path) -> SpokeConfig:
+    """The site's spoke configuration with results held for a person to release."""
     base = config(site)
-    held_config = replace(base, policy=replace(base.policy, manual_release=True))
+    return replace(base, policy=replace(base.policy, manual_release=True))
+
+
+def wait_until_held(store: PendingStore, n: int) -> None:
+    deadline = time.monotonic() + 20
+    while len(store.list()) < n:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_with_manual_release_results_wait_for_a_person(site: Path) -> None:
+    server = InMemoryBroker()
+    held_config = manual_release(site)
     spoke = Spoke(held_config, server.connect(), FakeEngine(write_score))
     spoke.start()
     hub = server.connect()
@@ -334,10 +349,7 @@ def test_with_manual_release_results_wait_for_a_person(site: Path) -> None:
     try:
         until(server, lambda seen: sum(getattr(x, "state", "") == "running" for x in seen) >= 2)
         store = PendingStore.open(held_config.state_dir)
-        deadline = time.monotonic() + 20
-        while len(store.list()) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until_held(store, 2)
         assert not any(isinstance(x, m.CaseResult) for x in inbox(server))
         release_held(held_config.state_dir, store.list()[0].id)
         store.close()
@@ -349,23 +361,15 @@ def test_with_manual_release_results_wait_for_a_person(site: Path) -> None:
 
 
 def test_a_cancel_withdraws_the_results_held_for_review(site: Path) -> None:
-    from dataclasses import replace
-
-    from workbench.spoke_service.pending import PendingError, PendingStore, release_held
-
     server = InMemoryBroker()
-    base = config(site)
-    held_config = replace(base, policy=replace(base.policy, manual_release=True))
+    held_config = manual_release(site)
     spoke = Spoke(held_config, server.connect(), FakeEngine(write_score))
     spoke.start()
     hub = server.connect()
     send_order(hub, order())
     store = PendingStore.open(held_config.state_dir)
     try:
-        deadline = time.monotonic() + 20
-        while len(store.list()) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until_held(store, 2)
         send_order(hub, m.encode(m.ExperimentCancel(spoke_id="site-01", experiment_id="exp-1")))
         seen = until(
             server,
@@ -396,12 +400,7 @@ def test_a_cancel_withdraws_the_results_held_for_review(site: Path) -> None:
 def test_a_spoke_that_stopped_between_a_cancel_and_the_withdrawal_withdraws_on_start(
     site: Path,
 ) -> None:
-    from dataclasses import replace
-
-    from workbench.spoke_service.pending import CaseKey, PendingStore
-
-    base = config(site)
-    held_config = replace(base, policy=replace(base.policy, manual_release=True))
+    held_config = manual_release(site)
     held_config.state_dir.mkdir(parents=True, exist_ok=True)
     state = SpokeState(held_config.state_path)
     state.store_order("exp-1", "0" * 64, b"{}")

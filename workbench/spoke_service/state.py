@@ -193,20 +193,7 @@ class SpokeState:
         """Fail the experiment's queued cases with ``error_code`` (its deadline passed) and
         queue ``announce(case)`` for each, in one transaction; returns how many."""
         with self.transaction() as db:
-            rows = db.execute(
-                "SELECT experiment_id, participant_id, algorithm, attempt, patient_id, state"
-                " FROM cases WHERE experiment_id = ? AND state = 'queued' ORDER BY rowid",
-                (experiment_id,),
-            ).fetchall()
-            db.execute(
-                "UPDATE cases SET state = 'failed', error_code = ?, updated_at = ?"
-                " WHERE experiment_id = ? AND state = 'queued'",
-                (error_code, time.time(), experiment_id),
-            )
-            for experiment, participant_id, algorithm, attempt, patient_id, _ in rows:
-                case = CaseRow(experiment, participant_id, algorithm, attempt, patient_id, "failed")
-                _enqueue(db, announce(case))
-            return len(rows)
+            return _settle_waiting(db, experiment_id, ("queued",), "failed", error_code, announce)
 
     def queued_experiments(self) -> list[str]:
         """The experiments with at least one queued case."""
@@ -226,23 +213,9 @@ class SpokeState:
         """
         with self.transaction() as db:
             db.execute("UPDATE orders SET cancelled = 1 WHERE experiment_id = ?", (experiment_id,))
-            rows = db.execute(
-                "SELECT experiment_id, participant_id, algorithm, attempt, patient_id, state"
-                " FROM cases WHERE experiment_id = ? AND state IN ('queued', 'held')"
-                " ORDER BY rowid",
-                (experiment_id,),
-            ).fetchall()
-            db.execute(
-                "UPDATE cases SET state = 'cancelled', updated_at = ?"
-                " WHERE experiment_id = ? AND state IN ('queued', 'held')",
-                (time.time(), experiment_id),
+            return _settle_waiting(
+                db, experiment_id, ("queued", "held"), "cancelled", None, announce
             )
-            for experiment, participant_id, algorithm, attempt, patient_id, _ in rows:
-                case = CaseRow(
-                    experiment, participant_id, algorithm, attempt, patient_id, "cancelled"
-                )
-                _enqueue(db, announce(case))
-            return len(rows)
 
     def cancelled_experiments(self) -> list[str]:
         """The experiments the hub cancelled."""
@@ -370,6 +343,33 @@ def _write_case_state(
         (state, error_code, time.time(), case.experiment_id, case.participant_id,
          case.algorithm, case.attempt),
     )  # fmt: skip
+
+
+def _settle_waiting(
+    db: sqlite3.Connection,
+    experiment_id: str,
+    waiting: tuple[str, ...],
+    state: str,
+    error_code: str | None,
+    announce: Callable[[CaseRow], list[tuple[str, bytes]]],
+) -> int:
+    """Move the experiment's cases in one of the ``waiting`` states to ``state`` and queue
+    ``announce(case)`` for each, inside the caller's transaction; returns how many."""
+    marks = ", ".join("?" * len(waiting))
+    rows = db.execute(
+        "SELECT experiment_id, participant_id, algorithm, attempt, patient_id FROM cases"
+        f" WHERE experiment_id = ? AND state IN ({marks}) ORDER BY rowid",
+        (experiment_id, *waiting),
+    ).fetchall()
+    db.execute(
+        "UPDATE cases SET state = ?, error_code = ?, updated_at = ?"
+        f" WHERE experiment_id = ? AND state IN ({marks})",
+        (state, error_code, time.time(), experiment_id, *waiting),
+    )
+    for experiment, participant_id, algorithm, attempt, patient_id in rows:
+        case = CaseRow(experiment, participant_id, algorithm, attempt, patient_id, state)
+        _enqueue(db, announce(case))
+    return len(rows)
 
 
 def _enqueue(db: sqlite3.Connection, messages: list[tuple[str, bytes]]) -> None:

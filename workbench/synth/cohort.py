@@ -159,6 +159,18 @@ class _Tally:
             self._progress(self.series, self.total)
 
 
+def has_cohort(out: Path, sites: int, participants: int) -> bool:
+    """Whether ``out`` holds a finished cohort of ``sites`` sites of ``participants`` each
+    (the demo and the drill generate one only when it does not)."""
+    marker = out / MANIFEST
+    if not marker.exists():
+        return False
+    meta = json.loads(marker.read_text())
+    return len(meta["sites"]) == sites and all(
+        s["participants"] == participants for s in meta["sites"]
+    )
+
+
 def generate_cohort(
     out: Path,
     sites: int,
