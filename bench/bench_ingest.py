@@ -9,17 +9,20 @@ on the hub inbox, which a ``Hub`` configured as in production (its signing key, 
 spoke's public key, an audit log) drains into its SQLite results store: verify the
 signature, parse and validate, check spoke and experiment, detect replays, insert
 idempotently, commit, append the batch to the audit log, then acknowledge. ``ratio`` is
-raw time over hub time: 1.0 means ingestion costs nothing beyond the transport. One untimed
-round of each warms the broker up; then rounds alternate the order; medians are reported.
+raw time over hub time: 1.0 means ingestion costs nothing beyond the transport. Untimed
+rounds of each warm the broker up (``--warmup``: its JIT compiler otherwise takes up to a
+core during the first tens of thousands of messages, more in some drains than others);
+then rounds alternate the order; medians are reported.
 ``--unsigned`` runs the hub with ``insecure_unsigned`` on unsigned messages instead.
 
 Each timed drain also reports the CPU it took per message: this process's (the raw
-consumer's, or the hub's: all threads) and the broker's (its JVM, from ``/proc``). On a
+consumer's, or the hub's: all threads, and its signature checker process) and the
+broker's (its JVM, from ``/proc``; and of that, its JIT compiler threads'). On a
 machine with few cores they explain the ratio: if the raw drain already keeps every core
 busy (broker plus raw consumer), the hub can only come close to it by spending little more
 CPU per message than the raw consumer does, whatever runs in parallel.
 
-    .venv/bin/python -m bench.bench_ingest [--messages 5000] [--rounds 3] [--unsigned]
+    .venv/bin/python -m bench.bench_ingest [--messages 5000] [--rounds 3] [--warmup 4] [--unsigned]
 """
 
 from __future__ import annotations
@@ -45,38 +48,67 @@ from workbench.hub_kernel.studies import StudyCatalog
 from workbench.transport.activemq import ManagedBroker
 from workbench.transport.stomp_broker import StompBroker
 from workbench.trust.audit import AuditLog
+from workbench.trust.checks import WorkerChecks
 from workbench.trust.keys import TrustStore, generate_key
 from workbench.trust.wire import WireSigner
 
 DIGEST = "sha256:" + "e" * 64
 PREFETCH = HubConfig().prefetch  # the hub's own default; the raw consumer gets the same
 Frame = tuple[bytes, dict[str, str]]
-Drain = tuple[float, float, float]  # seconds, this process's CPU seconds, the broker's
+# seconds; CPU seconds of this process (and of the hub's signature checker), of the broker,
+# of the broker's JIT compiler; of the signature checker alone
+Drain = tuple[float, float, float, float, float]
 
 
 class Meter:
-    """Wall time and CPU time (this process, and the broker's process) of a stretch of work."""
+    """Wall time and CPU time (this process; the broker's process, and of that its JIT
+    compiler threads) of a stretch of work."""
 
     def __init__(self, broker_pid: int | None) -> None:
         self.broker_pid = broker_pid
 
-    def read(self) -> Drain:
-        return time.perf_counter(), time.process_time(), _cpu_seconds(self.broker_pid)
+    def read(self) -> tuple[float, float, float, float]:
+        return (
+            time.perf_counter(),
+            time.process_time(),
+            _cpu_seconds(self.broker_pid),
+            _jit_cpu_seconds(self.broker_pid),
+        )
 
-    def since(self, start: Drain) -> Drain:
+    def since(self, start: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
         now = self.read()
-        return now[0] - start[0], now[1] - start[1], now[2] - start[2]
+        return now[0] - start[0], now[1] - start[1], now[2] - start[2], now[3] - start[3]
 
 
-def _cpu_seconds(pid: int | None) -> float:
-    """User plus system CPU seconds of process ``pid`` (all its threads), 0 if unknown."""
+def _cpu_seconds(pid: int | None, task: str = "") -> float:
+    """User plus system CPU seconds of process ``pid`` (all its threads; or one thread,
+    ``task/TID``), 0 if unknown."""
     if pid is None:
         return 0.0
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/{task}stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _jit_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds of the JVM's JIT compiler threads (``C1/C2 CompilerThread``) in ``pid``."""
+    if pid is None:
+        return 0.0
+    total = 0.0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text()
+        except OSError:
+            continue
+        if name.startswith(("C1 CompilerThre", "C2 CompilerThre")):
+            total += _cpu_seconds(pid, f"task/{tid}/")
+    return total
 
 
 def results(
@@ -177,7 +209,11 @@ def hub_round(
         if time.monotonic() > deadline:
             raise TimeoutError(f"hub ingested {hub.ingestor.stats.accepted} of {n}")
         time.sleep(0.002)
-    drain = meter.since(started)
+    wall, cpu, broker_cpu, jit_cpu = meter.since(started)
+    # The signature checker process (if the hub has one) started with the hub: all its CPU
+    # counts, its start included.
+    worker_cpu = _cpu_seconds(hub.checks.pid) if isinstance(hub.checks, WorkerChecks) else 0.0
+    drain = (wall, cpu + worker_cpu, broker_cpu, jit_cpu, worker_cpu)
     assert store.result_count(experiment_id) == n
     if spoke_key is not None:
         assert hub.experiments.status(experiment_id).results_verified == n
@@ -192,14 +228,17 @@ def raw_round(port: int, queue: str, n: int, meter: Meter) -> Drain:
     seconds (the call's, connecting included) for a raw stomp.py consumer to drain ``n``."""
     started = meter.read()
     seconds = consume_raw(port, queue, n, PREFETCH)
-    _, cpu, broker_cpu = meter.since(started)
-    return seconds, cpu, broker_cpu
+    _, cpu, broker_cpu, jit_cpu = meter.since(started)
+    return seconds, cpu, broker_cpu, jit_cpu, 0.0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--warmup", type=int, default=4, help="untimed drains of each kind first (default 4)"
+    )
     parser.add_argument(
         "--unsigned", action="store_true", help="unsigned messages, hub insecure_unsigned"
     )
@@ -218,11 +257,14 @@ def main() -> int:
         raw_drains: list[Drain] = []
         hub_drains: list[Drain] = []
         try:
-            # ActiveMQ's JIT takes some thousand messages to settle: one untimed drain each.
-            warm = f"/queue/bench.warm.{uuid.uuid4().hex}"
-            fill(port, warm, sample)
-            consume_raw(port, warm, ns.messages, PREFETCH)
-            hub_round(broker.stomp_url, port, Path(tmp), ns.messages, spoke_key)
+            # ActiveMQ's JIT compiler keeps a core busy for tens of thousands of messages
+            # after start, more during some drains than others: untimed drains of each
+            # kind first, so that the timed ones measure the broker as it runs for days.
+            for _ in range(ns.warmup):
+                warm = f"/queue/bench.warm.{uuid.uuid4().hex}"
+                fill(port, warm, sample)
+                consume_raw(port, warm, ns.messages, PREFETCH)
+                hub_round(broker.stomp_url, port, Path(tmp), ns.messages, spoke_key)
             for round_no in range(ns.rounds):
                 scratch = f"/queue/bench.raw.{uuid.uuid4().hex}"
                 fill(port, scratch, sample)
@@ -257,8 +299,14 @@ def main() -> int:
         "cpu_us_per_message": {
             "raw_consumer": us_per_message(raw_drains, 1),
             "broker_during_raw": us_per_message(raw_drains, 2),
-            "hub": us_per_message(hub_drains, 1),
+            "hub": us_per_message(hub_drains, 1),  # its signature checker's included
+            "hub_signature_checker": us_per_message(hub_drains, 4),
             "broker_during_hub": us_per_message(hub_drains, 2),
+        },
+        # Of the broker's CPU above, what its JIT compiler threads took: near 0 once warm.
+        "broker_jit_cpu_us_per_message": {
+            "during_raw": us_per_message(raw_drains, 3),
+            "during_hub": us_per_message(hub_drains, 3),
         },
     }
     json.dump(result, sys.stdout, indent=2)

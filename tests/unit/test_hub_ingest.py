@@ -12,6 +12,7 @@ from workbench.hub_kernel.ingest import Ingestor
 from workbench.hub_kernel.models import ExperimentStatus
 from workbench.hub_kernel.store import ResultsStore
 from workbench.transport.base import DEAD_LETTER_QUEUE, Delivery
+from workbench.trust.checks import Check, InlineChecks, Verdicts
 
 
 def _launched(tmp_path: Path) -> tuple[World, ExperimentStatus]:
@@ -276,3 +277,110 @@ def test_a_manifest_from_a_spoke_never_seen_is_rejected(tmp_path: Path) -> None:
 
     assert (outcome.accepted, outcome.reason) == (False, "unknown spoke")
     assert world.store.spokes() == []
+
+
+class _ParallelChecks(InlineChecks):
+    """Checks the ingestor must treat as running elsewhere: it stages full batches."""
+
+    parallel = True
+
+    def __init__(self) -> None:
+        self.submitted: list[int] = []
+
+    def submit(self, checks: Sequence[Check]) -> Verdicts:
+        self.submitted.append(len(checks))
+        return super().submit(checks)
+
+
+def test_with_parallel_checks_a_full_batch_is_staged_and_written_when_the_next_one_is(
+    tmp_path: Path,
+) -> None:
+    world, status = _launched(tmp_path)
+    assert world.keys is not None
+    settled = Settled()
+    checks = _ParallelChecks()
+    ingestor = world.ingestor(batch_size=2, max_delay_s=60, checks=checks)
+
+    def deliver(participant: str) -> None:
+        message = result(status, participant, {"lav950_percent": 1.0})
+        ingestor.handle(settled.delivery(world.keys.sign(message), participant))
+
+    deliver("p-1")
+    deliver("p-2")  # full: its checks are submitted, nothing is written yet
+    assert checks.submitted == [2]
+    assert settled.events == [] and ingestor.pending() == 2
+    deliver("p-3")
+    deliver("p-4")  # the next full batch is staged; the one before is written
+    assert checks.submitted == [2, 2]
+    assert settled.of("ack") == ["p-1", "p-2"]
+    assert world.store.result_count(status.experiment_id) == 2
+    ingestor.stop()  # what is staged is written on the way out
+    assert settled.of("ack") == ["p-1", "p-2", "p-3", "p-4"]
+    assert world.store.result_count(status.experiment_id) == 4
+
+
+def test_a_staged_batch_is_written_once_deliveries_stop_coming(tmp_path: Path) -> None:
+    world, status = _launched(tmp_path)
+    assert world.keys is not None
+    settled = Settled()
+    ingestor = world.ingestor(batch_size=2, max_delay_s=0.05, checks=_ParallelChecks())
+    ingestor.start()
+    for participant in ("p-1", "p-2"):
+        message = result(status, participant, {"lav950_percent": 1.0})
+        ingestor.handle(settled.delivery(world.keys.sign(message), participant))
+    wait_until(lambda: settled.of("ack") == ["p-1", "p-2"], "the staged batch written")
+    ingestor.stop()
+    assert world.store.result_count(status.experiment_id) == 2
+
+
+def test_a_forged_message_in_a_staged_batch_is_rejected_and_the_rest_accepted(
+    tmp_path: Path,
+) -> None:
+    world, status = _launched(tmp_path)
+    assert world.keys is not None
+    settled = Settled()
+    ingestor = world.ingestor(batch_size=2, max_delay_s=60, checks=_ParallelChecks())
+    good = world.keys.sign(result(status, "p-1", {"lav950_percent": 1.0}))
+    body, headers = world.keys.sign(result(status, "p-2", {"lav950_percent": 2.0}))
+    forged = (body.replace(b'"p-2"', b'"p-9"'), headers)
+    assert forged[0] != body
+    ingestor.handle(settled.delivery(good, "good"))
+    ingestor.handle(settled.delivery(forged, "forged"))
+    ingestor.stop()
+    assert settled.of("ack") == ["good"] and settled.of("reject") == ["forged"]
+    assert [r.code for r in world.store.rejections()] == ["bad_signature"]
+
+
+def test_a_store_failure_under_staging_keeps_every_batch_and_acks_nothing(
+    tmp_path: Path,
+) -> None:
+    world, status = _launched(tmp_path)
+    assert world.keys is not None
+    settled = Settled()
+    store = _FailingOnce(world.store)
+    ingestor = Ingestor(
+        store, batch_size=2, max_delay_s=60, trust=world.keys.trust(), checks=_ParallelChecks()
+    )
+    for participant in ("p-1", "p-2", "p-3", "p-4"):
+        message = result(status, participant, {"lav950_percent": 1.0})
+        ingestor.handle(settled.delivery(world.keys.sign(message), participant))
+    assert settled.events == [], "the first write failed: nothing may be acknowledged"
+    assert ingestor.pending() == 4 and ingestor.stats.failures == 1
+    ingestor._retry_at = 0.0  # skip the backoff
+    assert ingestor.flush() == 4
+    assert settled.of("ack") == ["p-1", "p-2", "p-3", "p-4"]
+    assert world.store.result_count(status.experiment_id) == 4
+
+
+class _FailingOnce:
+    """A store whose first write fails as a locked database does."""
+
+    def __init__(self, store: ResultsStore) -> None:
+        self.store = store
+        self.failed = False
+
+    def apply(self, items: Sequence[Inbound]) -> list[Outcome]:
+        if not self.failed:
+            self.failed = True
+            raise StoreError("database is locked", transient=True)
+        return self.store.apply(items)

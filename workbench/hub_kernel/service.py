@@ -13,12 +13,14 @@ Tests build a ``Hub`` from parts (an ``InMemoryBroker`` connection, a SQLite fil
     signing_key = "keys/hub/private.pem"         # the hub's Ed25519 key: signs every order
     spoke_keys = "keys/spokes"                   # a folder of <spoke-id>.pem public keys
     audit_log = "hub.audit.jsonl"                # default: beside a SQLite file database
+    signature_worker = true                      # default: true on a machine of 2+ cores
 
 Trust: every inbox message must be signed by the key of the spoke it names, and every order
 and cancel is signed with ``signing_key``. A hub without ``signing_key`` and ``spoke_keys``
 refuses to start unless ``insecure_unsigned = true``, which is for tests and local
 experiments only (spokes refuse unsigned orders). The spokes named in ``spoke_keys`` are
-allow-listed like ``allowed_spokes``.
+allow-listed like ``allowed_spokes``. With ``signature_worker``, the Ed25519 checks run in
+a child process on another core (``workbench.trust.checks``): a third of ingestion's CPU.
 
 >>> hub = Hub(ResultsStore.open("sqlite:///hub.sqlite"), broker, StudyCatalog(root),
 ...           signer=WireSigner(load_private_key("hub/private.pem")),
@@ -34,6 +36,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import threading
 import tomllib
 from collections.abc import Sequence
@@ -58,6 +61,7 @@ from workbench.hub_kernel.studies import StudyCatalog
 from workbench.transport.base import Broker, Subscription
 from workbench.transport.stomp_connection import ClientTls
 from workbench.trust.audit import AuditLog
+from workbench.trust.checks import Checks, InlineChecks, WorkerChecks
 from workbench.trust.keys import TrustStore, load_private_key
 from workbench.trust.wire import WireSigner
 
@@ -96,6 +100,7 @@ class HubConfig:
     spoke_keys: Path | None = None
     audit_log: Path | None = None
     insecure_unsigned: bool = False
+    signature_worker: bool | None = None  # None: a worker if the machine has 2+ cores
     # Mutual TLS to the broker: {"certificate": ..., "key": ..., "ca_certificate": ...}.
     broker_tls: dict[str, str] | None = None
 
@@ -133,8 +138,9 @@ class HubConfig:
             raise ConfigError(f"invalid hub settings: {e}") from e
         if not 0 <= config.port <= 65535 or config.prefetch < 1 or config.batch_size < 1:
             raise ConfigError("port must be 0-65535, prefetch and batch_size at least 1")
-        if not isinstance(config.insecure_unsigned, bool):
-            raise ConfigError("insecure_unsigned must be true or false")
+        for flag in ("insecure_unsigned", "signature_worker"):
+            if not isinstance(getattr(config, flag), bool | None):
+                raise ConfigError(f"{flag} must be true or false")
         if config.broker_tls is not None and set(config.broker_tls) != set(_TLS_KEYS):
             raise ConfigError(f"broker_tls needs exactly {', '.join(_TLS_KEYS)}")
         return config
@@ -195,6 +201,8 @@ class Hub:
             verify as signed by the spoke it names.
         audit: the hub's audit log (one writer: this hub).
         insecure_unsigned: allow ``signer`` or ``trust`` to be ``None`` (tests only).
+        signature_worker: check signatures in a child process (``WorkerChecks``); ``None``:
+            if the machine has more than one core.
         owns_broker, owns_store, owns_audit: close these on ``stop()``.
 
     Raises:
@@ -221,6 +229,7 @@ class Hub:
         audit: AuditLog | None = None,
         insecure_unsigned: bool = False,
         owns_audit: bool = False,
+        signature_worker: bool | None = None,
     ) -> None:
         if (signer is None or trust is None) and not insecure_unsigned:
             raise ConfigError(
@@ -238,9 +247,15 @@ class Hub:
         self.experiments = Experiments(
             store, self.registry, studies, self.dispatcher, audit=self.audit
         )
-        self.ingestor = Ingestor(
-            store, batch_size=batch_size, max_delay_s=max_delay_s, trust=trust, audit=self.audit
+        if signature_worker is None:
+            signature_worker = (os.cpu_count() or 1) > 1
+        self.checks: Checks = (
+            WorkerChecks() if trust is not None and signature_worker else InlineChecks()
         )
+        self.ingestor = Ingestor(
+            store, batch_size=batch_size, max_delay_s=max_delay_s, trust=trust,
+            audit=self.audit, checks=self.checks,
+        )  # fmt: skip
         self.app = HubApp(store, self.registry, studies, self.experiments, self._health)
         self._host, self._port = host, port
         self._allowed = tuple(allowed_spokes)
@@ -288,7 +303,7 @@ class Hub:
             config.allowed_spokes, config.prefetch, config.batch_size, config.max_delay_s,
             config.redispatch_s, owns_broker=owned_broker, owns_store=True, signer=signer,
             trust=trust, audit=audit, insecure_unsigned=config.insecure_unsigned,
-            owns_audit=True,
+            owns_audit=True, signature_worker=config.signature_worker,
         )  # fmt: skip
 
     @property
@@ -326,6 +341,7 @@ class Hub:
             self._redispatcher.join(timeout=10)
             self._redispatcher = None
         self.ingestor.stop()
+        self.checks.close()
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None

@@ -55,7 +55,10 @@ from workbench.errors import CanonicalJSONError, SignatureError
 from workbench.trust.canonical import canonical_json
 from workbench.trust.keys import TrustStore, key_id
 
-__all__ = ["Signature", "open_sealed", "seal", "sign", "verify", "verify_bytes"]
+__all__ = [
+    "Signature", "bad_signature", "open_sealed", "seal", "sign", "signature_matches",
+    "signing_key", "verify", "verify_bytes",
+]  # fmt: skip
 
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 _SIGNATURE_BYTES = 64
@@ -167,25 +170,52 @@ def verify_bytes(
     Raises:
         SignatureError: ``malformed``, ``unknown_key``, ``wrong_signer`` or ``bad_signature``.
     """
+    raw = signature.raw()  # malformed before unknown_key, as the checks were always ordered
+    public, name = signing_key(signature, trust, signer)
+    if not signature_matches(raw, data, public):
+        raise bad_signature(signature, name)
+    return name
+
+
+def signing_key(
+    signature: Signature, trust: TrustStore, signer: str | None = None
+) -> tuple[bytes, str]:
+    """The raw public key that must have made ``signature``, and its signer's name: what
+    ``verify_bytes`` looks up before the check itself (which may then run elsewhere, see
+    ``workbench.trust.checks``). It does not decode the signature: ``Signature.raw`` does.
+
+    Raises:
+        SignatureError: ``unknown_key`` or ``wrong_signer``.
+    """
     kid = signature.key_id
-    raw = signature.raw()
     public = trust.raw(kid)
     if public is None:
         raise SignatureError("unknown_key", f"signed by unknown key {kid}", kid)
-    name = trust.name_of(kid)
+    name = trust.name_of(kid) or kid
     if signer is not None and name != signer:
         raise SignatureError(
             "wrong_signer", f"signed by {name}'s key {kid}, where {signer}'s was required", kid
         )
+    return public, name
+
+
+def signature_matches(raw: bytes, data: bytes, public: bytes) -> bool:
+    """Whether the 64 bytes ``raw`` are the Ed25519 signature of ``data`` by ``public``."""
     try:
         crypto_sign_open(raw + data, public)
-    except BadSignatureError as e:
-        raise SignatureError(
-            "bad_signature",
-            f"the signature by {name}'s key {kid} does not match the document (altered or forged)",
-            kid,
-        ) from e
-    return name or kid
+    except BadSignatureError:
+        return False
+    return True
+
+
+def bad_signature(signature: Signature, name: str) -> SignatureError:
+    """The error for a signature that does not match its document."""
+    kid = signature.key_id
+    return SignatureError(
+        "bad_signature",
+        f"the signature by {name}'s key {kid} does not match the document (altered or forged)",
+        kid,
+    )
 
 
 def seal(payload: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:

@@ -1,0 +1,282 @@
+"""Ed25519 checks in batches, here or in a worker process beside the hub.
+
+The hub's ingestion is one busy Python thread (``hub_kernel.ingest``), and a third of its
+CPU per message is the Ed25519 check. ``WorkerChecks`` moves the checks to a child process
+with its own interpreter (``python -m workbench.trust.check_worker``), so that they run on
+another core while the ingesting thread parses, writes and acknowledges. A thread would
+not do: the check releases the GIL, but taking it back after each check means waiting for
+the ingesting thread to let go of it, and the two threads queue for it instead of working
+side by side (measured: no faster).
+
+The child does nothing but the check: it gets the signature, the public key and the bytes
+(the caller looked up the key, in its own ``TrustStore``) and answers one byte per check.
+It holds no key, reads no file and opens no socket. If it dies or stops answering, the
+checks it was given are made here instead, and a new child is started for the next batch
+(at most ``_MAX_RESTARTS`` times; then every check is made here, and that is logged).
+
+>>> from workbench.trust.keys import generate_key
+>>> from workbench.trust.wire import WireSigner, signature_of
+>>> key = generate_key()
+>>> body, headers = WireSigner(key).sign({"type": "x"})
+>>> public = key.public_key().public_bytes_raw()
+>>> InlineChecks().submit([(signature_of(headers).raw(), public, body)]).result()
+[True]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import IO, Protocol
+
+from workbench.trust.signing import signature_matches
+
+log = logging.getLogger(__name__)
+
+Check = tuple[bytes, bytes, bytes]
+"""One check: the 64 signature bytes, the 32 public key bytes, the signed bytes."""
+
+_MAX_RESTARTS = 3
+_PIPE_BYTES = 1 << 20  # a whole batch fits in the pipe: writing it never waits for the child
+
+
+class Verdicts(Protocol):
+    """The outcome of a batch of checks, once it is known."""
+
+    def result(self) -> list[bool]:
+        """One verdict per check, in order: ``True`` if the signature matches."""
+        ...
+
+
+class Checks(Protocol):
+    """Where checks are made. ``parallel``: they run while the caller does other work."""
+
+    parallel: bool
+
+    def submit(self, checks: Sequence[Check]) -> Verdicts:
+        """Start checking ``checks``; results are read in the order of submission."""
+        ...
+
+    def start(self) -> None:
+        """Get ready (a worker process starts here)."""
+        ...
+
+    def close(self) -> None:
+        """Release what ``start`` took."""
+        ...
+
+
+class _Done:
+    def __init__(self, verdicts: list[bool]) -> None:
+        self._verdicts = verdicts
+
+    def result(self) -> list[bool]:
+        return self._verdicts
+
+
+class _Deferred:
+    """Checks made in the calling thread when their result is asked for."""
+
+    def __init__(self, checks: Sequence[Check]) -> None:
+        self._checks = checks
+
+    def result(self) -> list[bool]:
+        return [signature_matches(raw, data, public) for raw, public, data in self._checks]
+
+
+class InlineChecks:
+    """Every check in the calling thread, when its result is asked for."""
+
+    parallel = False
+
+    def submit(self, checks: Sequence[Check]) -> Verdicts:
+        return _Deferred(checks)
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Ticket:
+    """A batch given to the worker; ``result()`` reads its answer (and any before it)."""
+
+    def __init__(self, owner: WorkerChecks, checks: Sequence[Check]) -> None:
+        self._owner = owner
+        self.checks = checks
+        self.verdicts: list[bool] | None = None
+
+    def result(self) -> list[bool]:
+        if self.verdicts is None:
+            self._owner._collect(self)
+        assert self.verdicts is not None
+        return self.verdicts
+
+
+class WorkerChecks:
+    """Checks made by a child process, one batch at a time, in the order submitted.
+
+    Args:
+        timeout_s: how long to wait for the child's answer to a batch before the batch is
+            checked here and the child replaced.
+        command: the child's command line (tests replace it).
+    """
+
+    parallel = True
+
+    def __init__(self, timeout_s: float = 30.0, command: Sequence[str] | None = None) -> None:
+        self.timeout_s = timeout_s
+        self._command = list(command or [sys.executable, "-m", "workbench.trust.check_worker"])
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
+        self._outstanding: deque[_Ticket] = deque()
+        self._restarts = 0
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, while it runs."""
+        child = self._child
+        return child.pid if child is not None and child.poll() is None else None
+
+    def start(self) -> None:
+        """Start the child now (it imports while the caller goes on)."""
+        with self._lock:
+            self._closed = False
+            self._ensure_child()
+
+    def submit(self, checks: Sequence[Check]) -> Verdicts:
+        if not checks:
+            return _Done([])
+        with self._lock:
+            child = self._ensure_child()
+            ticket = _Ticket(self, checks)
+            if child is None:
+                return _Deferred(checks)
+            try:
+                assert child.stdin is not None
+                child.stdin.write(_encode(checks))
+                child.stdin.flush()
+            except (OSError, ValueError) as e:
+                self._lost(f"cannot write to it: {e}")
+                return _Deferred(checks)
+            self._outstanding.append(ticket)
+            return ticket
+
+    def close(self) -> None:
+        """Stop the child: it exits when its input closes."""
+        with self._lock:
+            self._closed = True
+            child, self._child = self._child, None
+            for ticket in self._outstanding:  # nobody will ask: answered here if they do
+                ticket.verdicts = _Deferred(ticket.checks).result()
+            self._outstanding.clear()
+        if child is not None:
+            _stop(child)
+
+    def _collect(self, wanted: _Ticket) -> None:
+        with self._lock:
+            while wanted.verdicts is None:
+                if not self._outstanding or self._child is None:
+                    wanted.verdicts = _Deferred(wanted.checks).result()
+                    return
+                ticket = self._outstanding[0]
+                answer = self._read(self._child, len(ticket.checks))
+                if answer is None:
+                    continue  # the child was lost: its batches are checked here (_lost)
+                self._outstanding.popleft()
+                ticket.verdicts = [b == 1 for b in answer]
+
+    def _read(self, child: subprocess.Popen[bytes], n: int) -> bytes | None:
+        assert child.stdout is not None
+        fd = child.stdout.fileno()
+        chunks: list[bytes] = []
+        got = 0
+        deadline = time.monotonic() + self.timeout_s
+        while got < n:
+            left = deadline - time.monotonic()
+            ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
+            if not ready:
+                self._lost(f"no answer in {self.timeout_s:g} s")
+                return None
+            chunk = os.read(fd, n - got)
+            if not chunk:
+                self._lost(f"it exited ({child.poll()})")
+                return None
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def _ensure_child(self) -> subprocess.Popen[bytes] | None:
+        if self._child is not None or self._closed or self._restarts > _MAX_RESTARTS:
+            return self._child
+        try:
+            child = subprocess.Popen(
+                self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+                close_fds=True,
+            )  # fmt: skip
+        except OSError as e:
+            log.error("cannot start the signature checker (%s): checking in the hub itself", e)
+            self._restarts = _MAX_RESTARTS + 1
+            return None
+        assert child.stdin is not None
+        _widen(child.stdin)
+        self._child = child
+        return child
+
+    def _lost(self, why: str) -> None:
+        """The child failed: check its outstanding batches here, replace it next time."""
+        child, self._child = self._child, None
+        self._restarts += 1
+        give_up = self._restarts > _MAX_RESTARTS
+        log.error(
+            "the signature checker process failed (%s)%s", why,
+            "; checking in the hub itself from now on" if give_up else "; starting another",
+        )  # fmt: skip
+        for ticket in self._outstanding:
+            ticket.verdicts = _Deferred(ticket.checks).result()
+        self._outstanding.clear()
+        if child is not None:
+            _stop(child)
+
+
+def _encode(checks: Sequence[Check]) -> bytes:
+    """``COUNT`` then per check ``SIGNATURE(64) KEY(32) LENGTH DATA``; numbers 4 bytes, big
+    endian; the whole preceded by its length."""
+    parts = [len(checks).to_bytes(4, "big")]
+    for raw, public, data in checks:
+        if len(raw) != 64 or len(public) != 32:
+            raise ValueError("an Ed25519 check takes a 64-byte signature and a 32-byte key")
+        parts += (raw, public, len(data).to_bytes(4, "big"), data)
+    payload = b"".join(parts)
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def _widen(pipe: IO[bytes]) -> None:
+    """Make the pipe hold a whole batch (Linux); its default 64 KiB holds ~80 messages."""
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setsize is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe.fileno(), setsize, _PIPE_BYTES)
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    for stream in (child.stdin, child.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    try:
+        child.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
