@@ -200,6 +200,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Hub, InMemoryBroker, Keys]]:
     hub = Hub(
         store, server.connect(), StudyCatalog(STUDIES), signer=keys.hub_signer,
         trust=keys.trust(), audit=AuditLog(tmp_path / "hub.audit.jsonl"), owns_audit=True,
+        signature_worker=True,
     )  # fmt: skip
     with hub:
         yield hub, server, keys
@@ -239,4 +240,5 @@ def test_refusals_replays_and_chain_heads_are_visible_through_the_api(
     assert health["audit"]["head"] == str(hub.audit.head())
     assert health["trust"]["hub_key_id"] == keys.hub_signer.key_id
     assert health["ingest"]["replayed"] == 1 and health["ingest"]["rejected"] == 2
+    assert health["ingest"]["signature_checks"] == "worker"
     assert verify(tmp_path / "hub.audit.jsonl").ok

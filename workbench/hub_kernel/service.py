@@ -401,6 +401,14 @@ class Hub:
             "spoke_keys": self._spoke_keys(),
         }
 
+    def _checks_where(self) -> str:
+        """Where inbox signatures are checked: ``worker`` (its own process), ``hub``, or
+        ``none`` (an ``insecure_unsigned`` hub)."""
+        if self.trust is None:
+            return "none"
+        worker = isinstance(self.checks, WorkerChecks) and self.checks.pid is not None
+        return "worker" if worker else "hub"
+
     def _health(self) -> dict[str, Any]:
         stats = self.ingestor.stats
         head = self.audit.head()
@@ -409,7 +417,7 @@ class Hub:
             "ingest": {
                 "pending": self.ingestor.pending(), "accepted": stats.accepted,
                 "rejected": stats.rejected, "replayed": stats.replayed, "batches": stats.batches,
-                "failures": stats.failures,
+                "failures": stats.failures, "signature_checks": self._checks_where(),
             },
             "trust": self._trust_facts(),
             "audit": {
