@@ -345,6 +345,7 @@ def test_a_direct_subscription_over_tls_drains_a_backlog_from_the_dispatcher(
     """
     import threading
 
+    from workbench.hub_kernel.service import HubConfig
     from workbench.transport.base import Delivery, settle_all
 
     hub, spoke_a = client("hub"), client("spoke-a")
@@ -368,7 +369,7 @@ def test_a_direct_subscription_over_tls_drains_a_backlog_from_the_dispatcher(
             settle_all(waiting)
             waiting.clear()
 
-    sub = hub.subscribe(HUB_INBOX, handler, prefetch=500, direct=True)
+    sub = hub.subscribe(HUB_INBOX, handler, prefetch=HubConfig().prefetch, direct=True)
     wait_until(lambda: len(seen) == total, timeout=60, what=f"all {total} messages")
     sub.cancel()
     assert threads == {"stomp-dispatch"}

@@ -92,7 +92,7 @@ class HubConfig:
     studies: Path = field(default_factory=default_studies_dir)
     allowed_spokes: tuple[str, ...] = ()
     enrol_on_heartbeat: bool = True
-    prefetch: int = 500
+    prefetch: int = 1000
     batch_size: int = 200
     max_delay_s: float = 0.02
     redispatch_s: float = 30.0
@@ -217,7 +217,7 @@ class Hub:
         host: str = "127.0.0.1",
         port: int = 0,
         allowed_spokes: Sequence[str] = (),
-        prefetch: int = 500,
+        prefetch: int = 1000,
         batch_size: int = 200,
         max_delay_s: float = 0.02,
         redispatch_s: float = 30.0,
