@@ -4,7 +4,7 @@ import contextlib
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from workbench.core import messages as m
@@ -107,3 +107,52 @@ def test_orders_queue_refuses_odd_spoke_ids() -> None:
 def test_arbitrary_bytes_never_crash_the_parser(data: bytes) -> None:
     with contextlib.suppress(m.MessageError):
         m.parse_message(data)
+
+
+def _valid_documents() -> list[dict[str, object]]:
+    failed = m.ErrorInfo(code=m.RunErrorCode.TIMEOUT, reason="late")
+    order_hash = m.manifest_hash(manifest())
+    messages = [
+        m.ExperimentOrder(spoke_id="site-01", manifest=manifest(), manifest_hash=order_hash),
+        m.ExperimentCancel(spoke_id="site-01", experiment_id="exp-1"),
+        m.CaseStatus(experiment_id="exp-1", spoke_id="site-01", participant_id="p-1",
+                     algorithm="a", state="failed", error=failed),
+        result(seconds=1.5, audit_head="3:" + "0" * 64),
+        m.SpokeHeartbeat(spoke_id="site-01", sent_at="2026-11-28T00:00:00Z", queued=3),
+    ]  # fmt: skip
+    return [json.loads(m.encode(msg)) for msg in messages]
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=6,
+)
+
+
+def _outcome(parse: object, data: bytes) -> tuple[object, ...]:
+    try:
+        message = parse(data)  # type: ignore[operator]
+    except m.MessageError:
+        return ("refused",)
+    return ("accepted", message.type, message.model_dump(exclude={"id"}))
+
+
+@settings(max_examples=400)
+@example(document=_valid_documents()[1], drop="v", key="", value=None)  # v defaults to 1
+@example(document=_valid_documents()[3], drop="", key="seconds", value=float("nan"))
+@given(
+    document=st.sampled_from(_valid_documents()),
+    drop=st.sampled_from(["", "v", "id", "type", "spoke_id", "output", "state"]),
+    key=st.sampled_from(["", "v", "type", "queued", "output", "seconds", "error", "extra"]),
+    value=_JSON_VALUES,
+)
+def test_the_fast_path_accepts_exactly_what_the_checked_path_accepts(
+    document: dict[str, object], drop: str, key: str, value: object
+) -> None:
+    changed = dict(document)
+    changed.pop(drop, None)
+    if key:
+        changed[key] = value
+    data = json.dumps(changed).encode()  # NaN and Infinity are written as such: refused
+    assert _outcome(m.parse_message, data) == _outcome(m._parse_checked, data)

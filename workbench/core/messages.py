@@ -255,6 +255,22 @@ def parse_message(data: bytes | str) -> Message:
     """
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    # The fast path: pydantic parses the JSON itself (4 µs instead of 8 for a result). It
+    # accepts what the path below accepts (it too refuses NaN, Infinity, lone surrogates
+    # and trailing data; ``v``, which the models default, must be given; a property test
+    # compares the two); anything else goes the long way, for the error message.
+    try:
+        message = _ADAPTER.validate_json(data)
+    except ValidationError:
+        pass
+    else:
+        if "v" in message.model_fields_set:
+            return message
+    return _parse_checked(data)
+
+
+def _parse_checked(data: bytes | str) -> Message:
+    """``parse_message`` the long way: JSON first, then each check with its own error."""
     try:
         raw = _DECODER.decode(data.decode("utf-8") if isinstance(data, bytes) else data)
     except (ValueError, UnicodeDecodeError) as e:

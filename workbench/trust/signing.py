@@ -100,6 +100,9 @@ class Signature:
         Raises:
             SignatureError: ``malformed``: not strict base64 of exactly 64 bytes.
         """
+        decoded: bytes | None = self.__dict__.get("_raw")
+        if decoded is not None:  # decoded once already (``from_json`` checks it)
+            return decoded
         try:
             raw = base64.b64decode(self.value.encode("ascii"), validate=True)
         except (ValueError, binascii.Error) as e:  # UnicodeEncodeError is a ValueError
@@ -108,6 +111,7 @@ class Signature:
             raise SignatureError(
                 "malformed", f"the signature has {len(raw)} bytes, not 64", self.key_id
             )
+        object.__setattr__(self, "_raw", raw)  # frozen: a cache, not a field
         return raw
 
 
