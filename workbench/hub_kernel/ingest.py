@@ -137,8 +137,8 @@ class Ingestor:
         by one core's worth of Python: one busy thread instead of two handing the GIL to each
         other at every socket read, SQLite call and signature check took the signed
         ingestion benchmark from ~4,100 to ~5,200 messages/s; handing the writes (and their
-        fsyncs) to a writer thread, with the checks in their own process, took it from
-        ~7,700 down to ~6,300. Meanwhile the broker keeps sending into the socket, up to
+        fsyncs) to a writer thread, with the checks in their own process, was no faster.
+        Meanwhile the broker keeps sending into the socket, up to
         ``prefetch`` unacknowledged messages. With parallel ``checks`` the due batch is
         staged, and the one staged before it written.
         """

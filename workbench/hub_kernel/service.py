@@ -13,7 +13,7 @@ Tests build a ``Hub`` from parts (an ``InMemoryBroker`` connection, a SQLite fil
     signing_key = "keys/hub/private.pem"         # the hub's Ed25519 key: signs every order
     spoke_keys = "keys/spokes"                   # a folder of <spoke-id>.pem public keys
     audit_log = "hub.audit.jsonl"                # default: beside a SQLite file database
-    signature_worker = true                      # default: true on a machine of 2+ cores
+    signature_worker = true                      # default: true on a machine of 3+ cores
 
 Trust: every inbox message must be signed by the key of the spoke it names, and every order
 and cancel is signed with ``signing_key``. A hub without ``signing_key`` and ``spoke_keys``
@@ -100,7 +100,7 @@ class HubConfig:
     spoke_keys: Path | None = None
     audit_log: Path | None = None
     insecure_unsigned: bool = False
-    signature_worker: bool | None = None  # None: a worker if the machine has 2+ cores
+    signature_worker: bool | None = None  # None: a worker if the machine has 3+ cores
     # Mutual TLS to the broker: {"certificate": ..., "key": ..., "ca_certificate": ...}.
     broker_tls: dict[str, str] | None = None
 
@@ -202,7 +202,8 @@ class Hub:
         audit: the hub's audit log (one writer: this hub).
         insecure_unsigned: allow ``signer`` or ``trust`` to be ``None`` (tests only).
         signature_worker: check signatures in a child process (``WorkerChecks``); ``None``:
-            if the machine has more than one core.
+            if the machine has three cores or more (on two, shared with a broker, it moved
+            CPU off the ingesting thread but did not raise the rate: ``docs/trust.md``).
         owns_broker, owns_store, owns_audit: close these on ``stop()``.
 
     Raises:
@@ -248,7 +249,7 @@ class Hub:
             store, self.registry, studies, self.dispatcher, audit=self.audit
         )
         if signature_worker is None:
-            signature_worker = (os.cpu_count() or 1) > 1
+            signature_worker = (os.cpu_count() or 1) > 2
         self.checks: Checks = (
             WorkerChecks() if trust is not None and signature_worker else InlineChecks()
         )
