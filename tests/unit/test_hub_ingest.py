@@ -292,18 +292,24 @@ class _ParallelChecks(InlineChecks):
         return super().submit(checks)
 
 
+def _signed(
+    world: World, status: ExperimentStatus, participant: str
+) -> tuple[bytes, dict[str, str]]:
+    """A result of ``participant`` as its spoke signs it."""
+    assert world.keys is not None
+    return world.keys.sign(result(status, participant, {"lav950_percent": 1.0}))
+
+
 def test_with_parallel_checks_a_full_batch_is_staged_and_written_when_the_next_one_is(
     tmp_path: Path,
 ) -> None:
     world, status = _launched(tmp_path)
-    assert world.keys is not None
     settled = Settled()
     checks = _ParallelChecks()
     ingestor = world.ingestor(batch_size=2, max_delay_s=60, checks=checks)
 
     def deliver(participant: str) -> None:
-        message = result(status, participant, {"lav950_percent": 1.0})
-        ingestor.handle(settled.delivery(world.keys.sign(message), participant))
+        ingestor.handle(settled.delivery(_signed(world, status, participant), participant))
 
     deliver("p-1")
     deliver("p-2")  # full: its checks are submitted, nothing is written yet
@@ -321,13 +327,11 @@ def test_with_parallel_checks_a_full_batch_is_staged_and_written_when_the_next_o
 
 def test_a_staged_batch_is_written_once_deliveries_stop_coming(tmp_path: Path) -> None:
     world, status = _launched(tmp_path)
-    assert world.keys is not None
     settled = Settled()
     ingestor = world.ingestor(batch_size=2, max_delay_s=0.05, checks=_ParallelChecks())
     ingestor.start()
     for participant in ("p-1", "p-2"):
-        message = result(status, participant, {"lav950_percent": 1.0})
-        ingestor.handle(settled.delivery(world.keys.sign(message), participant))
+        ingestor.handle(settled.delivery(_signed(world, status, participant), participant))
     wait_until(lambda: settled.of("ack") == ["p-1", "p-2"], "the staged batch written")
     ingestor.stop()
     assert world.store.result_count(status.experiment_id) == 2
@@ -337,11 +341,10 @@ def test_a_forged_message_in_a_staged_batch_is_rejected_and_the_rest_accepted(
     tmp_path: Path,
 ) -> None:
     world, status = _launched(tmp_path)
-    assert world.keys is not None
     settled = Settled()
     ingestor = world.ingestor(batch_size=2, max_delay_s=60, checks=_ParallelChecks())
-    good = world.keys.sign(result(status, "p-1", {"lav950_percent": 1.0}))
-    body, headers = world.keys.sign(result(status, "p-2", {"lav950_percent": 2.0}))
+    good = _signed(world, status, "p-1")
+    body, headers = _signed(world, status, "p-2")
     forged = (body.replace(b'"p-2"', b'"p-9"'), headers)
     assert forged[0] != body
     ingestor.handle(settled.delivery(good, "good"))
@@ -362,8 +365,7 @@ def test_a_store_failure_under_staging_keeps_every_batch_and_acks_nothing(
         store, batch_size=2, max_delay_s=60, trust=world.keys.trust(), checks=_ParallelChecks()
     )
     for participant in ("p-1", "p-2", "p-3", "p-4"):
-        message = result(status, participant, {"lav950_percent": 1.0})
-        ingestor.handle(settled.delivery(world.keys.sign(message), participant))
+        ingestor.handle(settled.delivery(_signed(world, status, participant), participant))
     assert settled.events == [], "the first write failed: nothing may be acknowledged"
     assert ingestor.pending() == 4 and ingestor.stats.failures == 1
     ingestor._retry_at = 0.0  # skip the backoff
