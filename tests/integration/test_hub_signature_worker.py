@@ -87,6 +87,7 @@ def test_results_checked_in_the_worker_process_are_stored_once_and_forgeries_ref
         assert status.results_verified == GOOD
         assert isinstance(hub.checks, WorkerChecks)
         assert hub.checks.pid not in (None, os.getpid())
+        assert hub.checks._restarts == 0, "every batch was checked by the worker, none here"
         health = HubClient(hub.url).health()
         assert health["ingest"]["signature_checks"] == "worker"
         wait_until(lambda: hub.ingestor.pending() == 0, what="everything written and settled")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from hub_world import SPOKES, Settled, World, make_world, result, wait_until
 
 from workbench.core import messages as m
@@ -375,14 +376,33 @@ def test_a_store_failure_under_staging_keeps_every_batch_and_acks_nothing(
 
 
 class _FailingOnce:
-    """A store whose first write fails as a locked database does."""
+    """A store whose first write fails as a locked database does (or with ``error``)."""
 
-    def __init__(self, store: ResultsStore) -> None:
+    def __init__(self, store: ResultsStore, error: Exception | None = None) -> None:
         self.store = store
+        self.error = error or StoreError("database is locked", transient=True)
         self.failed = False
 
     def apply(self, items: Sequence[Inbound]) -> list[Outcome]:
         if not self.failed:
             self.failed = True
-            raise StoreError("database is locked", transient=True)
+            raise self.error
         return self.store.apply(items)
+
+
+def test_a_bug_in_a_write_under_staging_loses_nothing_and_is_raised(tmp_path: Path) -> None:
+    world, status = _launched(tmp_path)
+    assert world.keys is not None
+    settled = Settled()
+    store = _FailingOnce(world.store, RuntimeError("a bug"))
+    ingestor = Ingestor(
+        store, batch_size=2, max_delay_s=60, trust=world.keys.trust(), checks=_ParallelChecks()
+    )
+    for participant in ("p-1", "p-2", "p-3"):
+        ingestor.handle(settled.delivery(_signed(world, status, participant), participant))
+    with pytest.raises(RuntimeError, match="a bug"):
+        ingestor.handle(settled.delivery(_signed(world, status, "p-4"), "p-4"))
+    assert settled.events == [] and ingestor.pending() == 4
+    ingestor._retry_at = 0.0  # skip the backoff
+    assert ingestor.flush() == 4
+    assert settled.of("ack") == ["p-1", "p-2", "p-3", "p-4"]

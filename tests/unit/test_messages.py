@@ -141,6 +141,8 @@ def _outcome(parse: object, data: bytes) -> tuple[object, ...]:
 @settings(max_examples=400)
 @example(document=_valid_documents()[1], drop="v", key="", value=None)  # v defaults to 1
 @example(document=_valid_documents()[3], drop="", key="seconds", value=float("nan"))
+@example(document=_valid_documents()[3], drop="", key="output", value={"x": float("nan")})
+@example(document=_valid_documents()[3], drop="", key="output", value=[float("-inf")])
 @given(
     document=st.sampled_from(_valid_documents()),
     drop=st.sampled_from(["", "v", "id", "type", "spoke_id", "output", "state"]),

@@ -107,6 +107,62 @@ def test_a_check_of_the_wrong_shape_is_refused_before_it_is_sent() -> None:
 
 def test_the_worker_refuses_a_batch_whose_length_does_not_add_up() -> None:
     payload = _encode([BATCH[0][0]])[4:]
-    assert answer(payload) == b"\x01"
+    assert answer(payload) == (1).to_bytes(4, "big") + b"Y"
     with pytest.raises(ValueError, match="not the length it says"):
         answer(payload + b"trailing")
+
+
+def test_a_worker_that_takes_no_input_cannot_block_the_hub() -> None:
+    # Four megabytes to a child that never reads: more than its pipe holds.
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    stuck = WorkerChecks(timeout_s=0.3, command=sleeper)
+    stuck.start()
+    big = [(raw, public, data + b" " * 20_000) for (raw, public, data), _ in BATCH] * 50
+    try:
+        assert stuck.submit(big).result() == [False] * len(big)  # padded: none matches
+        assert stuck.submit([BATCH[0][0]]).result() == [True]
+    finally:
+        stuck.close()
+
+
+_FAKE = """
+import os, sys
+fd = int(sys.argv[-1])
+while True:
+    head = sys.stdin.buffer.read(4)
+    if len(head) < 4:
+        break
+    sys.stdin.buffer.read(int.from_bytes(head, "big"))
+    os.write(fd, {reply!r})
+"""
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        (3).to_bytes(4, "big") + b"YYY",  # an answer for another batch size
+        (4).to_bytes(4, "big") + b"\x01\x01\x01\x01",  # not Y or N
+    ],
+)
+def test_an_answer_of_the_wrong_shape_is_never_taken_for_verdicts(reply: bytes) -> None:
+    liar = WorkerChecks(timeout_s=5, command=[sys.executable, "-c", _FAKE.format(reply=reply)])
+    liar.start()
+    try:
+        assert liar.submit([c for c, _ in BATCH]).result() == [e for _, e in BATCH]
+    finally:
+        liar.close()
+
+
+def test_a_stray_print_on_the_workers_output_changes_nothing() -> None:
+    noisy = (
+        "import runpy, sys; sys.stdout.buffer.write(b'\\x01\\x01YY'); sys.stdout.flush(); "
+        "sys.argv = ['check_worker', *sys.argv[1:]]; "
+        "runpy.run_module('workbench.trust.check_worker', run_name='__main__')"
+    )
+    checks = WorkerChecks(timeout_s=10, command=[sys.executable, "-c", noisy])
+    checks.start()
+    try:
+        assert checks.submit([c for c, _ in BATCH]).result() == [e for _, e in BATCH]
+        assert checks._restarts == 0, "the worker's answers came on their own pipe"
+    finally:
+        checks.close()

@@ -1,13 +1,14 @@
 """The hub's inbox consumer: verify, parse, write in batches, acknowledge after the commit.
 
 ``Ingestor.handle`` is the ``Broker`` handler for ``HUB_INBOX``; it queues each delivery
-with its time of receipt. A batch is read and written once ``batch_size`` messages wait
-(on the delivering thread itself, see ``handle``) or the oldest has waited ``max_delay_s``
-(on a flusher thread). Reading a delivery verifies the body's signature first
-(``workbench.trust.wire``: the exact bytes received, against the spokes' keys), then parses
-it, then requires the signing key to be the key of the spoke the message names: a spoke
-cannot speak for another. A message that fails any of these becomes a rejection with its
-reason code (``effects.CODES``), never an exception, and nothing of it reaches the store.
+with its time of receipt. A batch is read and written once ``batch_size`` messages wait or
+the oldest has waited ``max_delay_s``, on the delivering thread itself (see ``handle``), or
+by a flusher thread once no delivery came for ``max_delay_s``. Reading a delivery verifies
+the body's signature first (``workbench.trust.wire``: the exact bytes received, against the
+spokes' keys), then parses it, then requires the signing key to be the key of the spoke
+the message names: a spoke cannot speak for another. A message that fails any of these
+becomes a rejection with its reason code (``effects.CODES``), never an exception, and
+nothing of it reaches the store.
 The batch is written in one transaction, one entry for it is appended to the hub's audit
 log, and only then are the accepted deliveries acknowledged and the refused ones rejected
 (dead-letter queue; the reason is in the ``rejections`` table), in one write to the broker.
@@ -194,18 +195,27 @@ class Ingestor:
                 staged, self._staged = self._staged, None
             batches = [staged] if staged is not None else []
             keep = None
-            if received:
-                batches.append(self._stage(received))
-                if stage:
-                    keep = batches.pop()
-            settled = 0
-            for index, batch in enumerate(batches):
-                try:
+            settled = written = 0
+            try:
+                if received:
+                    batches.append(self._stage(received))
+                    received = []
+                    if stage:
+                        keep = batches.pop()
+                for batch in batches:
                     settled += self._write(batch)
-                except StoreError as e:
-                    later = [*batches[index:], *([keep] if keep is not None else [])]
-                    self._failed([entry for b in later for entry in b.received], e)
+                    written += 1
+            except BaseException as e:
+                # Whatever was not written goes back, unacknowledged: a StoreError is
+                # retried after the backoff, and anything else is a bug, raised once the
+                # deliveries are safe.
+                later = [*batches[written:], *([keep] if keep is not None else [])]
+                back = [entry for b in later for entry in b.received] + received
+                failure = e if isinstance(e, StoreError) else StoreError(str(e), transient=True)
+                self._failed(back, failure)
+                if isinstance(e, StoreError):
                     return settled
+                raise
             if keep is not None:
                 with self._cond:
                     self._staged = keep

@@ -249,7 +249,7 @@ class Hub:
             store, self.registry, studies, self.dispatcher, audit=self.audit
         )
         if signature_worker is None:
-            signature_worker = (os.cpu_count() or 1) > 2
+            signature_worker = _cores() > 2
         self.checks: Checks = (
             WorkerChecks() if trust is not None and signature_worker else InlineChecks()
         )
@@ -320,10 +320,15 @@ class Hub:
         self.audit.record("hub.started", self._trust_facts())
         self._server = ApiServer(self.app, self._host, self._port)
         self.ingestor.start()
-        # handle() only notes the time and queues: it may run on the receiving thread.
-        self._subscription = self.broker.subscribe(
-            HUB_INBOX, self.ingestor.handle, prefetch=self._prefetch, direct=True
-        )
+        try:
+            # handle() only notes the time and queues: it may run on the receiving thread.
+            self._subscription = self.broker.subscribe(
+                HUB_INBOX, self.ingestor.handle, prefetch=self._prefetch, direct=True
+            )
+        except BaseException:
+            self.ingestor.stop()  # its flusher thread, and the signature checker process
+            self.checks.close()
+            raise
         self._stop.clear()
         self._redispatcher = threading.Thread(
             target=self._redispatch_loop, name="hub-redispatch", daemon=True
@@ -427,6 +432,12 @@ class Hub:
                 "failures": self.audit.failures,
             },
         }  # fmt: skip
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's limit, not the host's count)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def freeze_startup_heap() -> None:

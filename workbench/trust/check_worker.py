@@ -1,12 +1,16 @@
 """The signature checker process (``WorkerChecks`` in ``checks.py`` starts it).
 
-Reads batches of checks from standard input, answers one byte per check on standard
-output (1: the signature matches, 0: it does not), and exits when its input closes. It is
-given everything it checks; it has no key, no file and no socket of its own.
+    python -m workbench.trust.check_worker ANSWER_FD
+
+Reads batches of checks from standard input and answers each on the pipe ``ANSWER_FD``
+(never on standard output, where a stray print could land): the number of checks (4 bytes,
+big endian), then ``Y`` (the signature matches) or ``N`` per check. It exits when its input
+closes. It is given everything it checks; it has no key, no file and no socket of its own.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import BinaryIO
 
@@ -22,9 +26,9 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
 
 
 def answer(payload: bytes) -> bytes:
-    """The verdicts for one encoded batch (``checks._encode`` without its length)."""
+    """The answer to one encoded batch (``checks._encode`` without its length)."""
     count = int.from_bytes(payload[:4], "big")
-    verdicts = bytearray(count)
+    verdicts = bytearray(b"N" * count)
     at = 4
     for i in range(count):
         raw, public = payload[at : at + 64], payload[at + 64 : at + 96]
@@ -35,14 +39,17 @@ def answer(payload: bytes) -> bytes:
             crypto_sign_open(raw + data, public)
         except BadSignatureError:
             continue
-        verdicts[i] = 1
+        verdicts[i] = ord("Y")
     if at != len(payload):
         raise ValueError("a batch of checks is not the length it says")
-    return bytes(verdicts)
+    return payload[:4] + bytes(verdicts)
 
 
-def main() -> int:
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not argv[0].isdigit():
+        print("usage: python -m workbench.trust.check_worker ANSWER_FD", file=sys.stderr)
+        return 2
+    stdin, answers = sys.stdin.buffer, int(argv[0])
     while True:
         head = _read_exactly(stdin, 4)
         if head is None:
@@ -50,9 +57,10 @@ def main() -> int:
         payload = _read_exactly(stdin, int.from_bytes(head, "big"))
         if payload is None:
             return 0
-        stdout.write(answer(payload))
-        stdout.flush()
+        reply = memoryview(answer(payload))
+        while reply:
+            reply = reply[os.write(answers, reply) :]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

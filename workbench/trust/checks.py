@@ -9,10 +9,14 @@ the ingesting thread to let go of it, and the two threads queue for it instead o
 side by side (measured: no faster).
 
 The child does nothing but the check: it gets the signature, the public key and the bytes
-(the caller looked up the key, in its own ``TrustStore``) and answers one byte per check.
-It holds no key, reads no file and opens no socket. If it dies or stops answering, the
-checks it was given are made here instead, and a new child is started for the next batch
-(at most ``_MAX_RESTARTS`` times; then every check is made here, and that is logged).
+(the caller looked up the key, in its own ``TrustStore``) and answers each batch on a pipe
+of its own (not its standard output, where a stray print could land): the count, then
+``Y`` or ``N`` per check. An answer of any other shape is a failure, never a verdict. It
+holds no key, reads no file and opens no socket. If it dies, stops reading or stops
+answering (``timeout_s``), or answers out of shape, the checks it was given are made here
+instead, and a new child is started for the next batch; after ``_MAX_RESTARTS`` restarts in
+a row without ``_GOOD_RUN`` good batches between them, every check is made here, and that
+is logged.
 
 >>> from workbench.trust.keys import generate_key
 >>> from workbench.trust.wire import WireSigner, signature_of
@@ -45,8 +49,10 @@ log = logging.getLogger(__name__)
 Check = tuple[bytes, bytes, bytes]
 """One check: the 64 signature bytes, the 32 public key bytes, the signed bytes."""
 
+_YES = ord("Y")
 _MAX_RESTARTS = 3
-_PIPE_BYTES = 1 << 20  # a whole batch fits in the pipe: writing it never waits for the child
+_GOOD_RUN = 100  # good batches in a row that forgive the failures before them
+_PIPE_BYTES = 1 << 20  # most batches fit in the pipe at once (a batch of results: ~200 KB)
 
 
 class Verdicts(Protocol):
@@ -58,9 +64,12 @@ class Verdicts(Protocol):
 
 
 class Checks(Protocol):
-    """Where checks are made. ``parallel``: they run while the caller does other work."""
+    """Where checks are made."""
 
-    parallel: bool
+    @property
+    def parallel(self) -> bool:
+        """Whether they run while the caller does other work."""
+        ...
 
     def submit(self, checks: Sequence[Check]) -> Verdicts:
         """Start checking ``checks``; results are read in the order of submission."""
@@ -132,16 +141,21 @@ class WorkerChecks:
         command: the child's command line (tests replace it).
     """
 
-    parallel = True
-
     def __init__(self, timeout_s: float = 30.0, command: Sequence[str] | None = None) -> None:
         self.timeout_s = timeout_s
         self._command = list(command or [sys.executable, "-m", "workbench.trust.check_worker"])
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
+        self._answers: int | None = None  # our end of the child's answer pipe
         self._outstanding: deque[_Ticket] = deque()
         self._restarts = 0
+        self._good = 0
         self._closed = False
+
+    @property
+    def parallel(self) -> bool:
+        """Whether checks run beside the caller: not once the worker was given up on."""
+        return self._restarts <= _MAX_RESTARTS
 
     @property
     def pid(self) -> int | None:
@@ -163,31 +177,44 @@ class WorkerChecks:
             ticket = _Ticket(self, checks)
             if child is None:
                 return _Deferred(checks)
-            try:
-                assert child.stdin is not None
-                child.stdin.write(_encode(checks))
-                child.stdin.flush()
-            except (OSError, ValueError) as e:
-                self._lost(f"cannot write to it: {e}")
+            problem = self._write(child, _encode(checks))
+            if problem is not None:
+                self._lost(problem)
                 return _Deferred(checks)
             self._outstanding.append(ticket)
             return ticket
 
+    def _write(self, child: subprocess.Popen[bytes], data: bytes) -> str | None:
+        """Write ``data`` to the child within ``timeout_s``; why not, if it could not."""
+        assert child.stdin is not None
+        fd = child.stdin.fileno()
+        view = memoryview(data)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while view:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([], [fd], [], left)[1]:
+                    return f"it took no input for {self.timeout_s:g} s"
+                with contextlib.suppress(BlockingIOError):
+                    view = view[os.write(fd, view) :]
+        except OSError as e:
+            return f"cannot write to it: {e}"
+        return None
+
     def close(self) -> None:
-        """Stop the child: it exits when its input closes."""
+        """Stop the child: it exits when its input closes. A batch still out is checked
+        here if its result is asked for."""
         with self._lock:
             self._closed = True
             child, self._child = self._child, None
-            for ticket in self._outstanding:  # nobody will ask: answered here if they do
-                ticket.verdicts = _Deferred(ticket.checks).result()
             self._outstanding.clear()
-        if child is not None:
-            _stop(child)
+            self._stop(child)
 
     def _collect(self, wanted: _Ticket) -> None:
         with self._lock:
             while wanted.verdicts is None:
-                if not self._outstanding or self._child is None:
+                if self._child is None or wanted not in self._outstanding:
+                    # Given up on with a lost child, or given to no child: checked here.
                     wanted.verdicts = _Deferred(wanted.checks).result()
                     return
                 ticket = self._outstanding[0]
@@ -195,18 +222,37 @@ class WorkerChecks:
                 if answer is None:
                     continue  # the child was lost: its batches are checked here (_lost)
                 self._outstanding.popleft()
-                ticket.verdicts = [b == 1 for b in answer]
+                ticket.verdicts = [b == _YES for b in answer]
+                self._good += 1
+                if self._good >= _GOOD_RUN:
+                    self._restarts = 0
 
     def _read(self, child: subprocess.Popen[bytes], n: int) -> bytes | None:
-        assert child.stdout is not None
-        fd = child.stdout.fileno()
+        """The child's answer to a batch of ``n``: its ``n`` verdict bytes, or ``None`` (and
+        the child is lost) if it gives none in time or one of another shape."""
+        deadline = time.monotonic() + self.timeout_s
+        head = self._read_exactly(child, 4, deadline)
+        if head is None:
+            return None
+        if int.from_bytes(head, "big") != n:
+            self._lost(f"it answered {int.from_bytes(head, 'big')} checks for {n}")
+            return None
+        answer = self._read_exactly(child, n, deadline)
+        if answer is not None and answer.strip(b"YN"):
+            self._lost("it answered something other than Y or N")
+            return None
+        return answer
+
+    def _read_exactly(
+        self, child: subprocess.Popen[bytes], n: int, deadline: float
+    ) -> bytes | None:
+        fd = self._answers
+        assert fd is not None
         chunks: list[bytes] = []
         got = 0
-        deadline = time.monotonic() + self.timeout_s
         while got < n:
             left = deadline - time.monotonic()
-            ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
-            if not ready:
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
                 self._lost(f"no answer in {self.timeout_s:g} s")
                 return None
             chunk = os.read(fd, n - got)
@@ -218,36 +264,59 @@ class WorkerChecks:
         return b"".join(chunks)
 
     def _ensure_child(self) -> subprocess.Popen[bytes] | None:
-        if self._child is not None or self._closed or self._restarts > _MAX_RESTARTS:
+        if self._child is not None or self._closed or not self.parallel:
             return self._child
+        read_end, write_end = os.pipe()
         try:
             child = subprocess.Popen(
-                self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-                close_fds=True,
+                [*self._command, str(write_end)], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, pass_fds=(write_end,), close_fds=True, bufsize=0,
+                start_new_session=True,  # a terminal's Ctrl-C is for the hub, which stops it
             )  # fmt: skip
         except OSError as e:
+            os.close(read_end)
             log.error("cannot start the signature checker (%s): checking in the hub itself", e)
             self._restarts = _MAX_RESTARTS + 1
             return None
+        finally:
+            os.close(write_end)
         assert child.stdin is not None
         _widen(child.stdin)
-        self._child = child
+        os.set_blocking(child.stdin.fileno(), False)  # _write waits with a deadline instead
+        self._child, self._answers = child, read_end
         return child
 
     def _lost(self, why: str) -> None:
-        """The child failed: check its outstanding batches here, replace it next time."""
+        """The child failed: its batches are checked here, another starts for the next."""
         child, self._child = self._child, None
         self._restarts += 1
-        give_up = self._restarts > _MAX_RESTARTS
+        self._good = 0
+        give_up = not self.parallel
         log.error(
             "the signature checker process failed (%s)%s", why,
             "; checking in the hub itself from now on" if give_up else "; starting another",
         )  # fmt: skip
-        for ticket in self._outstanding:
-            ticket.verdicts = _Deferred(ticket.checks).result()
-        self._outstanding.clear()
-        if child is not None:
-            _stop(child)
+        self._outstanding.clear()  # each is checked here when its result is asked for
+        self._stop(child, kill=True)
+
+    def _stop(self, child: subprocess.Popen[bytes] | None, kill: bool = False) -> None:
+        """End ``child`` (at once with ``kill``; else it exits as its input closes)."""
+        answers, self._answers = self._answers, None
+        if answers is not None:
+            with contextlib.suppress(OSError):
+                os.close(answers)
+        if child is None:
+            return
+        if kill:
+            child.kill()
+        if child.stdin is not None:
+            with contextlib.suppress(OSError):
+                child.stdin.close()
+        try:
+            child.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def _encode(checks: Sequence[Check]) -> bytes:
@@ -268,15 +337,3 @@ def _widen(pipe: IO[bytes]) -> None:
     if setsize is not None:
         with contextlib.suppress(OSError):
             fcntl.fcntl(pipe.fileno(), setsize, _PIPE_BYTES)
-
-
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    for stream in (child.stdin, child.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
-    try:
-        child.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
