@@ -242,3 +242,35 @@ def test_refusals_replays_and_chain_heads_are_visible_through_the_api(
     assert health["ingest"]["replayed"] == 1 and health["ingest"]["rejected"] == 2
     assert health["ingest"]["signature_checks"] == "worker"
     assert verify(tmp_path / "hub.audit.jsonl").ok
+
+
+class _RefusingBroker:
+    """A broker connection that refuses every subscription."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("the broker refused the subscription")
+
+
+def test_a_hub_that_cannot_subscribe_leaves_no_checker_thread_or_socket(tmp_path: Path) -> None:
+    import threading
+
+    keys = Keys.make()
+    store = ResultsStore.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    hub = Hub(
+        store, _RefusingBroker(InMemoryBroker().connect()), StudyCatalog(STUDIES),
+        signer=keys.hub_signer, trust=keys.trust(), audit=AuditLog(tmp_path / "a.jsonl"),
+        owns_audit=True, signature_worker=True,
+    )  # fmt: skip
+    with pytest.raises(ConnectionError, match="refused"):
+        hub.start()
+    assert hub.checks.pid is None  # type: ignore[attr-defined]
+    assert "hub-ingest" not in {t.name for t in threading.enumerate()}
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = hub.url
+    store.close()

@@ -143,6 +143,7 @@ def _outcome(parse: object, data: bytes) -> tuple[object, ...]:
 @example(document=_valid_documents()[3], drop="", key="seconds", value=float("nan"))
 @example(document=_valid_documents()[3], drop="", key="output", value={"x": float("nan")})
 @example(document=_valid_documents()[3], drop="", key="output", value=[float("-inf")])
+@example(document=_valid_documents()[3], drop="", key="seconds", value=10**400)  # inf
 @given(
     document=st.sampled_from(_valid_documents()),
     drop=st.sampled_from(["", "v", "id", "type", "spoke_id", "output", "state"]),
@@ -158,3 +159,9 @@ def test_the_fast_path_accepts_exactly_what_the_checked_path_accepts(
         changed[key] = value
     data = json.dumps(changed).encode()  # NaN and Infinity are written as such: refused
     assert _outcome(m.parse_message, data) == _outcome(m._parse_checked, data)
+
+
+def test_a_number_too_large_for_a_float_is_refused_in_a_result() -> None:
+    body = m.encode(result(output={"lav950_percent": 3.5}))
+    with pytest.raises(m.MessageError, match="not finite"):
+        m.parse_message(body.replace(b"3.5", b"1e999"))

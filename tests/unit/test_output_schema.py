@@ -30,6 +30,7 @@ def test_each_kind_of_bad_output_has_its_own_code() -> None:
     assert code_of(b"{not json") == "OUTPUT_INVALID_JSON"
     assert code_of(b"\xff\xfe{}") == "OUTPUT_INVALID_JSON"
     assert code_of(b'{"x": NaN}') == "OUTPUT_INVALID_JSON"
+    assert code_of(b'{"x": [1e999]}') == "OUTPUT_INVALID_JSON"  # infinity once read
     assert code_of(b"[1, 2]") == "OUTPUT_NOT_OBJECT"
     assert code_of(b'"text"') == "OUTPUT_NOT_OBJECT"
     assert code_of(b'{"lav950_percent": 140}', SCHEMA) == "OUTPUT_SCHEMA_VIOLATION"

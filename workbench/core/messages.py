@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from workbench.core.deadline import DeadlineError, format_utc, parse_utc
+from workbench.core.output_schema import all_finite
 from workbench.core.run_errors import RunErrorCode
 
 VERSION = 1
@@ -61,7 +62,7 @@ Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     v: Literal[1] = 1  # VERSION
     id: Annotated[str, Field(min_length=8, max_length=64)] = Field(default_factory=_new_id)
@@ -70,7 +71,7 @@ class _Message(BaseModel):
 class AlgorithmRef(BaseModel):
     """An algorithm as an order names it: pinned by image digest."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: Name
     version: Name
@@ -91,7 +92,7 @@ class Manifest(BaseModel):
     has certainly passed it (``workbench.core.deadline``).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     experiment_id: Name
     study: Name
@@ -175,7 +176,7 @@ class _CaseMessage(_Message):
 class ErrorInfo(BaseModel):
     """A remote failure: a code from the fixed table and its fixed reason."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     code: RunErrorCode
     reason: Annotated[str, Field(max_length=200)]
@@ -205,6 +206,15 @@ class CaseResult(_CaseMessage):
     # The spoke's audit-chain head ("SEQ:HASH") after this result was recorded: the hub
     # keeps the latest per spoke, so a truncated spoke log can be detected later.
     audit_head: Annotated[str, Field(pattern=r"^[0-9]+:[0-9a-f]{64}$")] | None = None
+
+    @field_validator("output")
+    @classmethod
+    def _finite(cls, output: dict[str, Any]) -> dict[str, Any]:
+        # A number too large for a float (1e999) reads as infinity, which is not JSON and
+        # which PostgreSQL's json type refuses: refused here, with the message.
+        if not all_finite(output):
+            raise ValueError("a number in the output is not finite")
+        return output
 
 
 class SpokeHeartbeat(_Message):

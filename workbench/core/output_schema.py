@@ -7,6 +7,7 @@ plus a local-only detail string for the spoke operator.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,8 @@ def validate_output(
         return _fail(RunErrorCode.OUTPUT_INVALID_JSON, str(e)[:200])
     if not isinstance(document, dict):
         return _fail(RunErrorCode.OUTPUT_NOT_OBJECT, f"top level is {type(document).__name__}")
+    if not all_finite(document):  # 1e999 reads as infinity, which JSON cannot carry
+        return _fail(RunErrorCode.OUTPUT_INVALID_JSON, "a number is too large to be finite")
     if schema is not None:
         validator = jsonschema.validators.validator_for(schema)(schema)
         problem = jsonschema.exceptions.best_match(validator.iter_errors(document))
@@ -58,6 +61,21 @@ def validate_output(
             where = "/".join(str(p) for p in problem.absolute_path) or "(root)"
             return _fail(RunErrorCode.OUTPUT_SCHEMA_VIOLATION, f"{where}: {problem.message}"[:300])
     return OutputCheck(document)
+
+
+def all_finite(value: object) -> bool:
+    """Whether every float in a parsed JSON value is finite.
+
+    >>> all_finite({"a": [1.5, {"b": 2}]}), all_finite({"a": [float("inf")]})
+    (True, False)
+    """
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(all_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(all_finite(v) for v in value)
+    return True
 
 
 def _reject_constant(name: str) -> Any:

@@ -319,15 +319,19 @@ class Hub:
         self.store.allow_spokes(self.allowed_spokes())
         self.audit.record("hub.started", self._trust_facts())
         self._server = ApiServer(self.app, self._host, self._port)
-        self.ingestor.start()
         try:
+            self.ingestor.start()
             # handle() only notes the time and queues: it may run on the receiving thread.
             self._subscription = self.broker.subscribe(
                 HUB_INBOX, self.ingestor.handle, prefetch=self._prefetch, direct=True
             )
         except BaseException:
-            self.ingestor.stop()  # its flusher thread, and the signature checker process
-            self.checks.close()
+            try:  # the flusher thread, the signature checker process, the listening socket
+                self.ingestor.stop()
+            finally:
+                self.checks.close()
+                self._server.stop()
+                self._server = None
             raise
         self._stop.clear()
         self._redispatcher = threading.Thread(
@@ -435,7 +439,8 @@ class Hub:
 
 
 def _cores() -> int:
-    """The cores this process may run on (a container's limit, not the host's count)."""
+    """The cores this process may run on: its affinity mask (a container's cpuset, not the
+    host's count; a CPU quota such as ``docker run --cpus`` is not seen)."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 

@@ -46,7 +46,7 @@ def answer(payload: bytes) -> bytes:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or not argv[0].isdigit():
+    if len(argv) != 1 or not argv[0].isdecimal():
         print("usage: python -m workbench.trust.check_worker ANSWER_FD", file=sys.stderr)
         return 2
     stdin, answers = sys.stdin.buffer, int(argv[0])
@@ -58,8 +58,11 @@ def main(argv: list[str]) -> int:
         if payload is None:
             return 0
         reply = memoryview(answer(payload))
-        while reply:
-            reply = reply[os.write(answers, reply) :]
+        try:
+            while reply:
+                reply = reply[os.write(answers, reply) :]
+        except BrokenPipeError:  # the hub closed its end: it is stopping
+            return 0
 
 
 if __name__ == "__main__":

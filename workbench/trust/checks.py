@@ -192,8 +192,7 @@ class WorkerChecks:
         deadline = time.monotonic() + self.timeout_s
         try:
             while view:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([], [fd], [], left)[1]:
+                if not _ready(fd, select.POLLOUT, deadline):
                     return f"it took no input for {self.timeout_s:g} s"
                 with contextlib.suppress(BlockingIOError):
                     view = view[os.write(fd, view) :]
@@ -251,8 +250,7 @@ class WorkerChecks:
         chunks: list[bytes] = []
         got = 0
         while got < n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if not _ready(fd, select.POLLIN, deadline):
                 self._lost(f"no answer in {self.timeout_s:g} s")
                 return None
             chunk = os.read(fd, n - got)
@@ -266,23 +264,32 @@ class WorkerChecks:
     def _ensure_child(self) -> subprocess.Popen[bytes] | None:
         if self._child is not None or self._closed or not self.parallel:
             return self._child
-        read_end, write_end = os.pipe()
+        child: subprocess.Popen[bytes] | None = None
+        read_end = write_end = -1
         try:
+            read_end, write_end = os.pipe()
             child = subprocess.Popen(
                 [*self._command, str(write_end)], stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL, pass_fds=(write_end,), close_fds=True, bufsize=0,
                 start_new_session=True,  # a terminal's Ctrl-C is for the hub, which stops it
             )  # fmt: skip
-        except OSError as e:
-            os.close(read_end)
-            log.error("cannot start the signature checker (%s): checking in the hub itself", e)
-            self._restarts = _MAX_RESTARTS + 1
+            assert child.stdin is not None
+            _widen(child.stdin)
+            os.set_blocking(child.stdin.fileno(), False)  # _write waits with a deadline
+        except BaseException as e:
+            for fd in (read_end, write_end):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            if child is not None:
+                child.kill()
+                child.wait()
+            if not isinstance(e, OSError):
+                raise
+            self._restarts += 1  # out of processes or descriptors, for now: check here
+            log.error("cannot start the signature checker (%s): checking in the hub", e)
             return None
-        finally:
-            os.close(write_end)
-        assert child.stdin is not None
-        _widen(child.stdin)
-        os.set_blocking(child.stdin.fileno(), False)  # _write waits with a deadline instead
+        os.close(write_end)  # the child's end
         self._child, self._answers = child, read_end
         return child
 
@@ -300,23 +307,32 @@ class WorkerChecks:
         self._stop(child, kill=True)
 
     def _stop(self, child: subprocess.Popen[bytes] | None, kill: bool = False) -> None:
-        """End ``child`` (at once with ``kill``; else it exits as its input closes)."""
+        """End ``child`` (at once with ``kill``; else it exits as its input closes), then
+        close our end of its answers (after: a child still answering must not die of it)."""
+        if child is not None:
+            if kill:
+                child.kill()
+            if child.stdin is not None:
+                with contextlib.suppress(OSError):
+                    child.stdin.close()
+            try:
+                child.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
         answers, self._answers = self._answers, None
         if answers is not None:
             with contextlib.suppress(OSError):
                 os.close(answers)
-        if child is None:
-            return
-        if kill:
-            child.kill()
-        if child.stdin is not None:
-            with contextlib.suppress(OSError):
-                child.stdin.close()
-        try:
-            child.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+
+
+def _ready(fd: int, event: int, deadline: float) -> bool:
+    """Whether ``fd`` is ready for ``event`` before ``deadline`` (``poll``: ``select`` fails
+    on descriptors past 1023, which a busy hub may hold)."""
+    poller = select.poll()
+    poller.register(fd, event | select.POLLERR | select.POLLHUP)
+    left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+    return bool(poller.poll(left_ms)) if left_ms > 0 else False
 
 
 def _encode(checks: Sequence[Check]) -> bytes:
