@@ -25,8 +25,9 @@ from pathlib import Path
 from bench.bench_ingest import DIGEST, results
 from workbench.core import messages as m
 from workbench.hub_kernel.client import HubClient
+from workbench.hub_kernel.config import default_studies_dir
 from workbench.hub_kernel.ingest import Ingestor
-from workbench.hub_kernel.service import Hub, default_studies_dir
+from workbench.hub_kernel.service import Hub
 from workbench.hub_kernel.store import ResultsStore
 from workbench.hub_kernel.studies import StudyCatalog
 from workbench.transport.activemq import ManagedBroker

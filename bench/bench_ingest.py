@@ -42,7 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.bench_transport import consume_raw, raw_connection
 from workbench.core import messages as m
-from workbench.hub_kernel.service import Hub, HubConfig, default_studies_dir, freeze_startup_heap
+from workbench.hub_kernel.config import HubConfig, default_studies_dir
+from workbench.hub_kernel.service import Hub, freeze_startup_heap
 from workbench.hub_kernel.store import ResultsStore
 from workbench.hub_kernel.studies import StudyCatalog
 from workbench.transport.activemq import ManagedBroker

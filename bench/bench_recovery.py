@@ -45,7 +45,7 @@ import stomp.transport
 from workbench.core import messages as m
 from workbench.drill import Drill
 from workbench.drill_report import read_db
-from workbench.hub_kernel.service import HubConfig
+from workbench.hub_kernel.config import HubConfig
 from workbench.transport import stomp_connection
 from workbench.transport.stomp_connection import ClientTls, Listener, parse_url
 from workbench.trust.keys import PRIVATE_FILE, load_private_key

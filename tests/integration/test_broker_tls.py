@@ -345,7 +345,7 @@ def test_a_direct_subscription_over_tls_drains_a_backlog_from_the_dispatcher(
     """
     import threading
 
-    from workbench.hub_kernel.service import HubConfig
+    from workbench.hub_kernel.config import HubConfig
     from workbench.transport.base import Delivery, settle_all
 
     hub, spoke_a = client("hub"), client("spoke-a")

@@ -156,6 +156,19 @@ def test_hub_serve_options_override_the_config_file(tmp_path: Path) -> None:
     assert settings.allowed_spokes == ("site-01", "site-02")
 
 
+def test_the_signature_worker_is_set_in_the_file_or_on_the_command_line(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('db = "sqlite:///x.sqlite"\nsignature_worker = false\n')
+
+    assert hub_cli.settings(_serve_args()).signature_worker is None  # by the cores
+    assert hub_cli.settings(_serve_args("--config", str(config))).signature_worker is False
+    on = hub_cli.settings(_serve_args("--config", str(config), "--signature-worker"))
+    assert on.signature_worker is True
+    config.write_text('signature_worker = "yes"\n')
+    with pytest.raises(ConfigError, match="signature_worker must be true or false"):
+        hub_cli.settings(_serve_args("--config", str(config)))
+
+
 def test_an_unknown_config_setting_is_an_error(tmp_path: Path) -> None:
     config = tmp_path / "hub.json"
     config.write_text(json.dumps({"db": "sqlite:///x.sqlite", "prot": 1}))

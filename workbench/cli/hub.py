@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from workbench.cli.common import Sub, group, say
 
 if TYPE_CHECKING:
-    from workbench.hub_kernel.service import HubConfig
+    from workbench.hub_kernel.config import HubConfig
 
 
 def register(sub: Sub) -> None:
@@ -53,12 +53,17 @@ def register(sub: Sub) -> None:
         help="run without --signing-key/--spoke-keys: orders unsigned, spoke messages "
         "unverified (tests and local experiments only)",
     )  # fmt: skip
+    p.add_argument(
+        "--signature-worker", action=argparse.BooleanOptionalAction, default=None,
+        help="check the spokes' signatures in a child process on another core (default: "
+        "on a machine of 3 cores or more)",
+    )  # fmt: skip
     p.set_defaults(handler=_serve)
 
 
 def settings(ns: argparse.Namespace) -> HubConfig:
     """The ``HubConfig`` of a ``hub serve`` command line (file first, options on top)."""
-    from workbench.hub_kernel.service import HubConfig
+    from workbench.hub_kernel.config import HubConfig
 
     base = HubConfig.from_file(ns.config) if ns.config else HubConfig()
     overrides = {
@@ -72,6 +77,7 @@ def settings(ns: argparse.Namespace) -> HubConfig:
         "spoke_keys": _absolute(ns.spoke_keys),
         "audit_log": _absolute(ns.audit_log),
         "insecure_unsigned": ns.insecure_unsigned,
+        "signature_worker": ns.signature_worker,
     }
     values = {**base.as_dict(), **{k: v for k, v in overrides.items() if v is not None}}
     return HubConfig.from_dict(values, base=Path("/"))
