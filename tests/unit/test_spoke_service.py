@@ -25,7 +25,7 @@ from workbench.spoke_service.policy import SpokePolicy
 from workbench.spoke_service.service import Spoke
 from workbench.spoke_service.state import SpokeState
 from workbench.transport.base import DEAD_LETTER_QUEUE
-from workbench.transport.memory import InMemoryBroker
+from workbench.transport.memory import InMemoryBroker, InMemoryConnection
 from workbench.trust.image_signature import sign_image
 from workbench.trust.keys import generate_key, key_id
 from workbench.trust.wire import WireSigner
@@ -332,6 +332,20 @@ def manual_release(site: Path) -> SpokeConfig:
     return replace(base, policy=replace(base.policy, manual_release=True))
 
 
+def started_with_manual_release(
+    site: Path,
+) -> tuple[InMemoryBroker, SpokeConfig, Spoke, InMemoryConnection]:
+    """A started spoke that holds results for release, and a hub connection that has sent
+    it an order: (broker, the spoke's config, the spoke, the hub's connection)."""
+    server = InMemoryBroker()
+    held_config = manual_release(site)
+    spoke = Spoke(held_config, server.connect(), FakeEngine(write_score))
+    spoke.start()
+    hub = server.connect()
+    send_order(hub, order())
+    return server, held_config, spoke, hub
+
+
 def wait_until_held(store: PendingStore, n: int) -> None:
     deadline = time.monotonic() + 20
     while len(store.list()) < n:
@@ -340,12 +354,7 @@ def wait_until_held(store: PendingStore, n: int) -> None:
 
 
 def test_with_manual_release_results_wait_for_a_person(site: Path) -> None:
-    server = InMemoryBroker()
-    held_config = manual_release(site)
-    spoke = Spoke(held_config, server.connect(), FakeEngine(write_score))
-    spoke.start()
-    hub = server.connect()
-    send_order(hub, order())
+    server, held_config, spoke, hub = started_with_manual_release(site)
     try:
         until(server, lambda seen: sum(getattr(x, "state", "") == "running" for x in seen) >= 2)
         store = PendingStore.open(held_config.state_dir)
@@ -361,12 +370,7 @@ def test_with_manual_release_results_wait_for_a_person(site: Path) -> None:
 
 
 def test_a_cancel_withdraws_the_results_held_for_review(site: Path) -> None:
-    server = InMemoryBroker()
-    held_config = manual_release(site)
-    spoke = Spoke(held_config, server.connect(), FakeEngine(write_score))
-    spoke.start()
-    hub = server.connect()
-    send_order(hub, order())
+    server, held_config, spoke, hub = started_with_manual_release(site)
     store = PendingStore.open(held_config.state_dir)
     try:
         wait_until_held(store, 2)

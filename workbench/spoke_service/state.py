@@ -197,11 +197,7 @@ class SpokeState:
 
     def queued_experiments(self) -> list[str]:
         """The experiments with at least one queued case."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT DISTINCT experiment_id FROM cases WHERE state = 'queued'"
-            ).fetchall()
-        return [r[0] for r in rows]
+        return self._experiments("SELECT DISTINCT experiment_id FROM cases WHERE state = 'queued'")
 
     def cancel(
         self, experiment_id: str, announce: Callable[[CaseRow], list[tuple[str, bytes]]]
@@ -219,11 +215,11 @@ class SpokeState:
 
     def cancelled_experiments(self) -> list[str]:
         """The experiments the hub cancelled."""
+        return self._experiments("SELECT experiment_id FROM orders WHERE cancelled = 1")
+
+    def _experiments(self, query: str) -> list[str]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT experiment_id FROM orders WHERE cancelled = 1"
-            ).fetchall()
-        return [r[0] for r in rows]
+            return [r[0] for r in self._db.execute(query).fetchall()]
 
     def cases(self, state: str | None = None, experiment_id: str | None = None) -> list[CaseRow]:
         """Cases, optionally only those in ``state`` or of one experiment, in a stable order."""

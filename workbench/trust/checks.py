@@ -84,14 +84,6 @@ class Checks(Protocol):
         ...
 
 
-class _Done:
-    def __init__(self, verdicts: list[bool]) -> None:
-        self._verdicts = verdicts
-
-    def result(self) -> list[bool]:
-        return self._verdicts
-
-
 class _Deferred:
     """Checks made in the calling thread when their result is asked for."""
 
@@ -171,7 +163,7 @@ class WorkerChecks:
 
     def submit(self, checks: Sequence[Check]) -> Verdicts:
         if not checks:
-            return _Done([])
+            return _Deferred(checks)
         with self._lock:
             child = self._ensure_child()
             ticket = _Ticket(self, checks)
